@@ -1,0 +1,1 @@
+"""The REST API (Smithery Connect wire shapes)."""

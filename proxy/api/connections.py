@@ -1,0 +1,111 @@
+"""`/{ns}` and `/{ns}/{id}` (also under `/connect`): connections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy.api._http import gateway, int_param, iso, json_response, principal, read_json_object
+from proxy.auth.policy import require
+from proxy.directory import parse_connection_input
+from proxy.errors import NotFound, ValidationFailed
+from proxy.store import ConnectionRecord
+
+
+def connection_json(record: ConnectionRecord) -> dict[str, Any]:
+    """The public shape of a connection: credentials are named, never shown."""
+    return {
+        "connectionId": record.connection_id,
+        "name": record.name,
+        "mcpUrl": record.mcp_url,
+        "metadata": record.metadata,
+        "transport": "http",
+        "createdAt": iso(record.created_at),
+        "updatedAt": iso(record.updated_at),
+        "status": record.status or {"state": "connected"},
+        "serverInfo": record.server_info,
+        "headerNames": list(record.header_names),
+        **({"timeouts": record.timeouts} if record.timeouts else {}),
+    }
+
+
+def metadata_filters(request: Request) -> dict[str, str]:
+    """`metadata.k=v` (the CLI) and `metadata[k]=v` (the SDK) query parameters."""
+    out: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        if key.startswith("metadata.") and len(key) > 9:
+            out[key[9:]] = value
+        elif key.startswith("metadata[") and key.endswith("]") and len(key) > 10:
+            out[key[9:-1]] = value
+        elif key == "metadata":
+            raise ValidationFailed("filter metadata with metadata.<key>=<value> or metadata[<key>]=<value>")
+    return out
+
+
+async def list_connections(request: Request) -> Response:
+    namespace = request.path_params["namespace"]
+    caller = principal(request)
+    require(caller, "read", "connections", namespace)
+    directory = gateway(request).directory
+    records, next_cursor = await directory.list_connections(
+        namespace,
+        limit=int_param(request, "limit", 100, 1, 100),
+        cursor=request.query_params.get("cursor") or None,
+        name=request.query_params.get("name"),
+        mcp_url=request.query_params.get("mcpUrl"),
+        metadata=metadata_filters(request),
+    )
+    return json_response({"connections": [connection_json(r) for r in records], "nextCursor": next_cursor})
+
+
+async def create_connection(request: Request) -> Response:
+    namespace = request.path_params["namespace"]
+    body = await read_json_object(request)
+    data = parse_connection_input(body)
+    require(principal(request), "write", "connections", namespace, data.metadata or {})
+    directory = gateway(request).directory
+    await directory.namespace(namespace)
+    record = await directory.create_connection(namespace, body.get("connectionId"), data)
+    gateway(request).catalog.forget(namespace)
+    return json_response(connection_json(record), 201)
+
+
+async def _visible(request: Request) -> ConnectionRecord:
+    namespace = request.path_params["namespace"]
+    record = await gateway(request).directory.connection(namespace, request.path_params["connection"])
+    require(principal(request), "read", "connections", namespace, record.metadata or {})
+    return record
+
+
+async def get_connection(request: Request) -> Response:
+    return json_response(connection_json(await _visible(request)))
+
+
+async def put_connection(request: Request) -> Response:
+    namespace = request.path_params["namespace"]
+    connection_id = request.path_params["connection"]
+    body = await read_json_object(request)
+    if body.get("connectionId") not in (None, connection_id):
+        raise ValidationFailed("connectionId in the body differs from the one in the path")
+    data = parse_connection_input(body)
+    directory = gateway(request).directory
+    caller = principal(request)
+    try:
+        current = await directory.connection(namespace, connection_id)
+        require(caller, "write", "connections", namespace, current.metadata or {})
+    except NotFound:
+        await directory.namespace(namespace)
+    require(caller, "write", "connections", namespace, data.metadata or {})
+    record, created = await directory.upsert_connection(namespace, connection_id, data)
+    gateway(request).catalog.forget(namespace)
+    return json_response(connection_json(record), 201 if created else 200)
+
+
+async def delete_connection(request: Request) -> Response:
+    record = await _visible(request)
+    require(principal(request), "write", "connections", record.namespace, record.metadata or {})
+    await gateway(request).directory.delete_connection(record.namespace, record.connection_id)
+    gateway(request).catalog.forget(record.namespace)
+    return json_response({"success": True})

@@ -1,0 +1,259 @@
+"""The gateway as one Starlette app: every route in one table, parts built in the lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import anyio
+import uvicorn
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from proxy import __version__
+from proxy.api import connections, keys, namespaces, tools
+from proxy.api._http import error_response, gateway, json_response, principal, read_body
+from proxy.auth.keys import ApiKeys
+from proxy.auth.middleware import PRINCIPAL_KEY, AuthMiddleware
+from proxy.auth.policy import require
+from proxy.directory import Directory
+from proxy.errors import JunctionError, MethodNotAllowed, NotFound
+from proxy.gateway.catalog import Catalog
+from proxy.gateway.endpoint import NAMESPACE_KEY, build_namespace_server, build_session_manager
+from proxy.gateway.passthrough import Passthrough
+from proxy.gateway.passthrough import error_response as rpc_error_response
+from proxy.settings import Settings
+from proxy.state import Gateway
+from proxy.store import open_store
+from proxy.upstream import ConnectionPool
+from proxy.vault import Vault
+
+log = logging.getLogger("junction")
+
+
+# --- small endpoints -------------------------------------------------------------------------
+async def health(request: Request) -> Response:
+    return json_response({"status": "ok", "version": __version__, "timestamp": datetime.now(UTC).isoformat()})
+
+
+async def servers(request: Request) -> Response:
+    # No registry yet; the empty catalog keeps `smithery auth login`'s key check working.
+    page_size = request.query_params.get("pageSize", "10")
+    size = int(page_size) if page_size.isdigit() and int(page_size) > 0 else 10
+    return json_response(
+        {"servers": [], "pagination": {"currentPage": 1, "pageSize": size, "totalPages": 0, "totalCount": 0}}
+    )
+
+
+async def protected_resource(request: Request) -> Response:
+    settings = gateway(request).settings
+    path = "/" + request.path_params.get("resource", "").lstrip("/")
+    return json_response(
+        {
+            "resource": settings.effective_public_url + (path if path != "/" else ""),
+            "bearer_methods_supported": ["header"],
+            "resource_name": "mcp-junction",
+        },
+        headers={"access-control-allow-origin": "*"},
+    )
+
+
+# --- MCP surfaces ----------------------------------------------------------------------------
+class NamespaceMCP:
+    """`/mcp/{namespace}`: the SDK session manager, with the caller and namespace in the scope."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw: Gateway = scope["app"].state.gateway
+        namespace = scope["path_params"]["namespace"]
+        caller = scope[PRINCIPAL_KEY]
+        try:
+            await gw.directory.namespace(namespace)
+            require(caller, "read", "connections", namespace)
+        except JunctionError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        scope[NAMESPACE_KEY] = namespace
+        # Binds legacy sessions to the credential that opened them.
+        scope["user"] = AuthenticatedUser(AccessToken(token=caller.id, client_id=caller.id, scopes=[]))
+        await gw.session_manager.handle_request(scope, receive, send)
+
+
+async def connection_mcp(request: Request) -> Response:
+    """`/mcp/{ns}/{id}` and `POST /connect/{ns}/{id}/mcp`: stateless passthrough to one upstream."""
+    if request.method != "POST":
+        exc = MethodNotAllowed(
+            "this endpoint is stateless: POST JSON-RPC messages, no GET stream or DELETE",
+            headers={"allow": "POST"},
+        )
+        return rpc_error_response(None, exc)
+    gw = gateway(request)
+    namespace = request.path_params["namespace"]
+    try:
+        record = await gw.directory.connection(namespace, request.path_params["connection"])
+        require(principal(request), "execute", "connections", namespace, record.metadata or {})
+        body = await read_body(request, gw.settings.max_body_bytes)
+    except JunctionError as exc:
+        return rpc_error_response(None, exc)
+    return await gw.passthrough.handle(request, body, gw.directory.upstream_for(record))
+
+
+# --- errors ----------------------------------------------------------------------------------
+async def on_junction_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, JunctionError)
+    return error_response(exc)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"no route for {request.method} {request.url.path}"))
+    if exc.status_code == 405:
+        return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+    return json_response({"error": "http_error", "message": str(exc.detail)}, exc.status_code)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return json_response({"error": "internal_error", "message": "the gateway hit an unexpected error"}, 500)
+
+
+# --- the route table -------------------------------------------------------------------------
+def _connect_routes(prefix: str) -> list[Route]:
+    p = prefix
+    return [
+        Route(f"{p}/{{namespace}}", connections.list_connections, methods=["GET"]),
+        Route(f"{p}/{{namespace}}", connections.create_connection, methods=["POST"]),
+        Route(f"{p}/{{namespace}}/.tools", tools.namespace_tools, methods=["GET"]),
+        Route(f"{p}/{{namespace}}/{{connection}}", connections.get_connection, methods=["GET"]),
+        Route(f"{p}/{{namespace}}/{{connection}}", connections.put_connection, methods=["PUT"]),
+        Route(f"{p}/{{namespace}}/{{connection}}", connections.delete_connection, methods=["DELETE"]),
+        Route(f"{p}/{{namespace}}/{{connection}}/.tools", tools.list_tools, methods=["GET"]),
+        Route(f"{p}/{{namespace}}/{{connection}}/.tools/{{tool_path:path}}", tools.get_tool, methods=["GET"]),
+        Route(
+            f"{p}/{{namespace}}/{{connection}}/.tools/{{tool_path:path}}", tools.call_tool, methods=["POST"]
+        ),
+    ]
+
+
+ROUTES: list[Route] = [
+    Route("/health", health, methods=["GET"]),
+    Route("/.well-known/oauth-protected-resource{resource:path}", protected_resource, methods=["GET"]),
+    Route("/servers", servers, methods=["GET"]),
+    Route("/namespaces", namespaces.list_namespaces, methods=["GET"]),
+    Route("/namespaces", namespaces.create_namespace, methods=["POST"]),
+    Route("/namespaces/{name}", namespaces.get_namespace, methods=["GET"]),
+    Route("/namespaces/{name}", namespaces.put_namespace, methods=["PUT"]),
+    Route("/namespaces/{name}", namespaces.delete_namespace, methods=["DELETE"]),
+    Route("/keys", keys.list_keys, methods=["GET"]),
+    Route("/keys", keys.create_key, methods=["POST"]),
+    Route("/keys/{key_id}", keys.revoke_key, methods=["DELETE"]),
+    Route("/mcp/{namespace}/{connection}", connection_mcp, methods=["GET", "POST", "DELETE"]),
+    Route("/mcp/{namespace}", NamespaceMCP()),
+    Route("/connect/{namespace}/{connection}/mcp", connection_mcp, methods=["GET", "POST", "DELETE"]),
+    *_connect_routes("/connect"),
+    *_connect_routes(""),
+]
+
+
+# --- lifespan and entry points ---------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    store = await open_store(settings.effective_database_url)
+    try:
+        vault = Vault.from_settings(settings.master_key, settings.data_path)
+        api_keys = ApiKeys(store, settings.admin_key)
+        first_key = await api_keys.bootstrap(settings.data_path)
+        if first_key is not None:
+            path = settings.data_path / "admin.key"
+            print(
+                f"\nCreated the admin API key (shown once; also saved to {path} with mode 0600):\n\n"
+                f"    {first_key}\n",
+                file=sys.stderr,
+                flush=True,
+            )
+        async with anyio.create_task_group() as tg:
+            pool = ConnectionPool(
+                tg,
+                allow_private=settings.allow_private_upstreams,
+                tools_ttl=settings.tools_cache_ttl,
+                idle_timeout=settings.session_idle_timeout,
+                backoff_max=settings.reconnect_backoff_max,
+            )
+            directory = Directory(store, vault, pool, settings)
+            catalog = Catalog(directory)
+            server = build_namespace_server(directory, catalog, settings)
+            manager = build_session_manager(server, settings)
+            app.state.gateway = Gateway(
+                settings=settings,
+                store=store,
+                vault=vault,
+                keys=api_keys,
+                pool=pool,
+                directory=directory,
+                catalog=catalog,
+                passthrough=Passthrough(),
+                session_manager=manager,
+            )
+            tg.start_soon(pool.run_reaper, min(60.0, settings.session_idle_timeout))
+            try:
+                async with manager.run():
+                    yield
+            finally:
+                await pool.aclose()
+                tg.cancel_scope.cancel()
+    finally:
+        await store.close()
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The ASGI app for `settings` (its parts start in the lifespan)."""
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(AuthMiddleware, public_url=settings.effective_public_url)],
+        exception_handlers={
+            JunctionError: on_junction_error,
+            HTTPException: on_http_error,
+            Exception: on_unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    return app
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # HTTP client logs carry URLs, and upstream URLs may carry configuration: keep them quiet.
+    for name in ("httpx2", "httpcore2", "httpx", "httpcore", "mcp"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run(settings: Settings) -> None:
+    """Serve the gateway until interrupted (blocking)."""
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+    )
+    print(
+        f"mcp-junction {__version__} listening on http://{settings.host}:{settings.port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.Server(config).run()

@@ -1,0 +1,375 @@
+"""Namespaces and connections: the domain operations every surface uses.
+
+Reads come from an in-memory copy that every write here refreshes, so tool calls never touch
+the database. Credentials are sealed by the vault before they reach the store and opened only
+to build an upstream config.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+
+from proxy.errors import Conflict, NotFound, ValidationFailed
+from proxy.names import generate_connection_id, generate_namespace, validate_connection_id, validate_namespace
+from proxy.settings import Settings
+from proxy.store import ConnectionRecord, NamespaceRecord, Store
+from proxy.upstream import ConnectionPool, UpstreamConfig
+from proxy.upstream.pool import UpstreamSession
+from proxy.upstream.ssrf import validate_url_syntax
+from proxy.vault import Vault
+
+HEADER_NAME_CHARS = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+FORBIDDEN_HEADERS = {
+    "host", "content-length", "content-type", "accept", "connection", "transfer-encoding",
+    "mcp-session-id", "mcp-protocol-version", "mcp-method", "mcp-name", "upgrade", "te", "trailer",
+}  # fmt: skip
+TIMEOUT_KEYS = {"connect": "connect_timeout", "list": "list_timeout", "call": "call_timeout"}
+
+
+@dataclass(frozen=True)
+class ConnectionInput:
+    """A validated create/update request."""
+
+    mcp_url: str | None = None
+    name: str | None = None
+    metadata: dict[str, Any] | None = None
+    metadata_set: bool = False
+    headers: dict[str, str | None] | None = None
+    timeouts: dict[str, float] | None = None
+
+
+def parse_connection_input(body: Mapping[str, Any]) -> ConnectionInput:
+    """Validate the JSON body of POST/PUT connection requests."""
+    known = {"mcpUrl", "name", "metadata", "headers", "connectionId", "timeouts", "transport", "server"}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise ValidationFailed(f"unknown field(s): {', '.join(unknown)}")
+    if body.get("server") is not None:
+        raise ValidationFailed("registry servers ('server') are not supported; give the server's mcpUrl")
+    if body.get("transport") not in (None, "http"):
+        raise ValidationFailed("only transport 'http' is supported")
+    url = body.get("mcpUrl")
+    if url is not None:
+        validate_url_syntax(url)
+    name = body.get("name")
+    if name is not None and (not isinstance(name, str) or not 1 <= len(name) <= 255):
+        raise ValidationFailed("name must be a string of 1-255 characters")
+    metadata = body.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise ValidationFailed("metadata must be a JSON object")
+        if len(json.dumps(metadata)) > 16_384:
+            raise ValidationFailed("metadata must be at most 16 KiB of JSON")
+    headers = body.get("headers")
+    if headers is not None:
+        if not isinstance(headers, dict):
+            raise ValidationFailed("headers must be an object of header name to string value")
+        for key, value in headers.items():
+            if not key or not set(key) <= HEADER_NAME_CHARS or len(key) > 256:
+                raise ValidationFailed(f"header name {key[:64]!r} is not a valid HTTP header name")
+            if key.lower() in FORBIDDEN_HEADERS:
+                raise ValidationFailed(f"header {key!r} is managed by the gateway and cannot be set")
+            if value is not None and (
+                not isinstance(value, str) or len(value) > 8192 or any(c in value for c in "\r\n\0")
+            ):
+                # Never echo the value: it is a credential.
+                raise ValidationFailed(f"header {key!r} must be a single-line string (or null to remove it)")
+    timeouts = body.get("timeouts")
+    if timeouts is not None:
+        if not isinstance(timeouts, dict) or not set(timeouts) <= set(TIMEOUT_KEYS):
+            raise ValidationFailed("timeouts must be an object with optional connect, list, call seconds")
+        for key, value in timeouts.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86_400:
+                raise ValidationFailed(f"timeouts.{key} must be a number of seconds between 0 and 86400")
+    return ConnectionInput(
+        mcp_url=url,
+        name=name,
+        metadata=metadata,
+        metadata_set="metadata" in body,
+        headers=headers,
+        timeouts={k: float(v) for k, v in timeouts.items()} if timeouts else None,
+    )
+
+
+def _metadata_matches(metadata: Mapping[str, Any] | None, filters: Mapping[str, str]) -> bool:
+    if not filters:
+        return True
+    if not metadata:
+        return False
+    for key, wanted in filters.items():
+        if key not in metadata:
+            return False
+        value = metadata[key]
+        if (value if isinstance(value, str) else json.dumps(value)) != wanted:
+            return False
+    return True
+
+
+def _encode_cursor(connection_id: str) -> str:
+    return base64.urlsafe_b64encode(connection_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationFailed("cursor is not valid; pass the nextCursor of a previous page") from exc
+
+
+class Directory:
+    """Namespaces and their connections, cached, with their upstream sessions."""
+
+    def __init__(self, store: Store, vault: Vault, pool: ConnectionPool, settings: Settings):
+        self._store = store
+        self._vault = vault
+        self._pool = pool
+        self._settings = settings
+        self._namespaces: dict[str, NamespaceRecord | None] = {}
+        self._connections: dict[str, dict[str, ConnectionRecord]] = {}
+        self._configs: dict[tuple[str, str], UpstreamConfig] = {}
+        self._ns_locks: dict[str, anyio.Lock] = {}
+        pool.on_state_change(self._state_changed)
+
+    # namespaces
+    async def namespace(self, name: str) -> NamespaceRecord:
+        if name not in self._namespaces:
+            self._namespaces[name] = await self._store.get_namespace(name)
+        record = self._namespaces[name]
+        if record is None:
+            raise NotFound(f"namespace {name!r} not found")
+        return record
+
+    async def create_namespace(
+        self, name: str | None = None, tool_names: str | None = None
+    ) -> tuple[NamespaceRecord, bool]:
+        if name is None:
+            name = generate_namespace()
+        validate_namespace(name)
+        if tool_names is not None and tool_names not in ("auto", "dotted", "safe"):
+            raise ValidationFailed("toolNames must be one of auto, dotted, safe")
+        record, created = await self._store.create_namespace(name, tool_names or "auto")
+        if not created and tool_names is not None and tool_names != record.tool_names:
+            await self._store.set_namespace_tool_names(name, tool_names)
+            record = replace(record, tool_names=tool_names)
+        self._namespaces[name] = record
+        return record, created
+
+    async def list_namespaces(self, page: int, page_size: int) -> tuple[list[NamespaceRecord], int]:
+        return await self._store.list_namespaces((page - 1) * page_size, page_size)
+
+    async def delete_namespace(self, name: str) -> None:
+        await self.namespace(name)
+        async with self._lock(name):
+            await self._store.delete_namespace(name)
+            self._namespaces[name] = None
+            for cid in list(self._connections.pop(name, {})):
+                self._configs.pop((name, cid), None)
+            await self._pool.remove_namespace(name)
+
+    # connections
+    def _lock(self, namespace: str) -> anyio.Lock:
+        return self._ns_locks.setdefault(namespace, anyio.Lock())
+
+    async def _loaded(self, namespace: str) -> dict[str, ConnectionRecord]:
+        await self.namespace(namespace)
+        cached = self._connections.get(namespace)
+        if cached is None:
+            records = await self._store.list_connections(namespace)
+            cached = self._connections.setdefault(namespace, {r.connection_id: r for r in records})
+        return cached
+
+    async def connections(self, namespace: str) -> list[ConnectionRecord]:
+        """Every connection of a namespace, ordered by id."""
+        loaded = await self._loaded(namespace)
+        return [loaded[k] for k in sorted(loaded)]
+
+    async def list_connections(
+        self,
+        namespace: str,
+        *,
+        limit: int,
+        cursor: str | None,
+        name: str | None = None,
+        mcp_url: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> tuple[list[ConnectionRecord], str | None]:
+        after = _decode_cursor(cursor) if cursor else None
+        matches = [
+            r
+            for r in await self.connections(namespace)
+            if (after is None or r.connection_id > after)
+            and (name is None or r.name == name)
+            and (mcp_url is None or r.mcp_url == mcp_url)
+            and _metadata_matches(r.metadata, metadata or {})
+        ]
+        page = matches[:limit]
+        more = len(matches) > limit
+        return page, (_encode_cursor(page[-1].connection_id) if more and page else None)
+
+    async def connection(self, namespace: str, connection_id: str) -> ConnectionRecord:
+        record = (await self._loaded(namespace)).get(connection_id)
+        if record is None:
+            raise NotFound(f"connection {connection_id!r} not found in namespace {namespace!r}")
+        return record
+
+    async def create_connection(
+        self, namespace: str, connection_id: str | None, data: ConnectionInput
+    ) -> ConnectionRecord:
+        if data.mcp_url is None:
+            raise ValidationFailed("mcpUrl is required to create a connection")
+        if connection_id is not None:
+            validate_connection_id(connection_id)
+        async with self._lock(namespace):
+            loaded = await self._loaded(namespace)
+            if connection_id is None:
+                connection_id = generate_connection_id()
+                while connection_id in loaded:
+                    connection_id = generate_connection_id()
+            elif connection_id in loaded:
+                raise Conflict(f"connection {connection_id!r} already exists in namespace {namespace!r}")
+            now = datetime.now(UTC)
+            record = ConnectionRecord(
+                namespace=namespace,
+                connection_id=connection_id,
+                name=data.name or connection_id,
+                mcp_url=data.mcp_url,
+                metadata=data.metadata,
+                created_at=now,
+                updated_at=now,
+                timeouts=data.timeouts,
+            )
+            record = self._with_headers(
+                record, {k: v for k, v in (data.headers or {}).items() if v is not None}
+            )
+            return await self._save(record)
+
+    async def upsert_connection(
+        self, namespace: str, connection_id: str, data: ConnectionInput
+    ) -> tuple[ConnectionRecord, bool]:
+        validate_connection_id(connection_id)
+        loaded = await self._loaded(namespace)
+        if connection_id not in loaded:
+            return await self.create_connection(namespace, connection_id, data), True
+        async with self._lock(namespace):
+            current = await self.connection(namespace, connection_id)
+            if data.mcp_url is not None and data.mcp_url != current.mcp_url:
+                raise Conflict(
+                    f"connection {connection_id!r} already points at a different mcpUrl; "
+                    "delete it first to change the upstream"
+                )
+            record = replace(
+                current,
+                name=data.name if data.name is not None else current.name,
+                metadata=data.metadata if data.metadata_set else current.metadata,
+                timeouts=data.timeouts if data.timeouts is not None else current.timeouts,
+                updated_at=datetime.now(UTC),
+            )
+            if data.headers is not None:
+                headers = dict(self._headers(current))
+                for key, value in data.headers.items():
+                    for existing in [k for k in headers if k.lower() == key.lower()]:
+                        del headers[existing]
+                    if value is not None:
+                        headers[key] = value
+                record = self._with_headers(record, headers)
+            return await self._save(record), False
+
+    async def delete_connection(self, namespace: str, connection_id: str) -> None:
+        async with self._lock(namespace):
+            await self.connection(namespace, connection_id)
+            await self._store.delete_connection(namespace, connection_id)
+            self._connections.get(namespace, {}).pop(connection_id, None)
+            self._configs.pop((namespace, connection_id), None)
+            await self._pool.remove((namespace, connection_id))
+
+    # upstream sessions
+    def upstream_for(self, record: ConnectionRecord) -> UpstreamSession:
+        """The shared upstream session of a connection (no I/O; connects on first use)."""
+        key = (record.namespace, record.connection_id)
+        config = self._configs.get(key)
+        if config is None:
+            config = self._config(record)
+            self._configs[key] = config
+        return self._pool.session(key, config)
+
+    async def upstream(self, namespace: str, connection_id: str) -> UpstreamSession:
+        return self.upstream_for(await self.connection(namespace, connection_id))
+
+    def _config(self, record: ConnectionRecord) -> UpstreamConfig:
+        s = self._settings
+        timeouts = record.timeouts or {}
+        return UpstreamConfig(
+            url=record.mcp_url,
+            headers=self._headers(record),
+            connect_timeout=timeouts.get("connect", s.connect_timeout),
+            list_timeout=timeouts.get("list", s.list_timeout),
+            call_timeout=timeouts.get("call", s.call_timeout),
+        )
+
+    def _headers(self, record: ConnectionRecord) -> dict[str, str]:
+        if not record.headers_ciphertext:
+            return {}
+        return self._vault.open(
+            record.headers_ciphertext,
+            namespace=record.namespace,
+            connection_id=record.connection_id,
+            field="headers",
+        )
+
+    def _with_headers(self, record: ConnectionRecord, headers: dict[str, str]) -> ConnectionRecord:
+        sealed = (
+            self._vault.seal(
+                headers, namespace=record.namespace, connection_id=record.connection_id, field="headers"
+            )
+            if headers
+            else None
+        )
+        return replace(record, headers_ciphertext=sealed, header_names=tuple(sorted(headers)))
+
+    async def _save(self, record: ConnectionRecord) -> ConnectionRecord:
+        """Connect to the upstream to learn its status and serverInfo, then persist and cache."""
+        key = (record.namespace, record.connection_id)
+        self._configs[key] = self._config(record)
+        session = self._pool.session(key, self._configs[key])
+        status: dict[str, Any]
+        try:
+            await session.client()
+            status = {"state": "connected"}
+        except Exception as exc:
+            status = {
+                "state": "error",
+                "message": getattr(exc, "message", None) or "the upstream server failed",
+            }
+        record = replace(
+            record,
+            status=status,
+            server_info=session.server_info if status["state"] == "connected" else record.server_info,
+        )
+        await self._store.put_connection(record)
+        self._connections.setdefault(record.namespace, {})[record.connection_id] = record
+        return record
+
+    async def _state_changed(
+        self, key: tuple[str, str], status: dict[str, Any], server_info: dict[str, Any] | None
+    ) -> None:
+        namespace, connection_id = key
+        record = self._connections.get(namespace, {}).get(connection_id)
+        if record is None:
+            return
+        server_info = server_info if status.get("state") == "connected" else record.server_info
+        if record.status == status and record.server_info == server_info:
+            return
+        updated = replace(record, status=status, server_info=server_info)
+        self._connections[namespace][connection_id] = updated
+        await self._store.set_connection_state(namespace, connection_id, status, server_info)
+
+    def cached_connections(self, namespace: str) -> list[ConnectionRecord]:
+        """The connections of a namespace already in memory (no I/O)."""
+        return list(self._connections.get(namespace, {}).values())

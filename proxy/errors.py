@@ -1,0 +1,128 @@
+"""One exception tree for the whole gateway.
+
+    JunctionError                 code            HTTP
+    ├── ConfigError               config_error    500
+    ├── BadRequest                bad_request     400
+    │   ├── ValidationFailed      validation_error
+    │   └── InvalidJSON           invalid_json
+    ├── PayloadTooLarge           payload_too_large 413
+    ├── Unauthorized              unauthorized    401
+    ├── Forbidden                 forbidden       403
+    ├── NotFound                  not_found       404
+    ├── MethodNotAllowed          method_not_allowed 405
+    ├── Conflict                  conflict        409
+    ├── ToolError                 tool_error      422
+    └── UpstreamError             upstream_error  502
+        ├── UpstreamTimeout       upstream_timeout 504
+        ├── UpstreamUnavailable   upstream_unavailable 502
+        └── UpstreamRefused       upstream_refused 400 (SSRF policy)
+
+Each error maps once to an HTTP body `{error, message}` and to a JSON-RPC error.
+Messages never contain credentials.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class JunctionError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    jsonrpc_code: ClassVar[int] = -32603
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, data: Any = None):
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+        self.data = data
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message}
+
+
+class ConfigError(JunctionError):
+    code = "config_error"
+
+
+class BadRequest(JunctionError):
+    code = "bad_request"
+    status = 400
+    jsonrpc_code = -32602
+
+
+class ValidationFailed(BadRequest):
+    code = "validation_error"
+
+
+class InvalidJSON(BadRequest):
+    code = "invalid_json"
+    jsonrpc_code = -32700
+
+
+class PayloadTooLarge(JunctionError):
+    code = "payload_too_large"
+    status = 413
+    jsonrpc_code = -32600
+
+
+class Unauthorized(JunctionError):
+    code = "unauthorized"
+    status = 401
+    jsonrpc_code = -32001
+
+
+class Forbidden(JunctionError):
+    code = "forbidden"
+    status = 403
+    jsonrpc_code = -32001
+
+
+class NotFound(JunctionError):
+    code = "not_found"
+    status = 404
+    jsonrpc_code = -32602
+
+
+class MethodNotAllowed(JunctionError):
+    code = "method_not_allowed"
+    status = 405
+    jsonrpc_code = -32600
+
+
+class Conflict(JunctionError):
+    code = "conflict"
+    status = 409
+    jsonrpc_code = -32600
+
+    def __init__(self, message: str, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("x-should-retry", "false")
+
+
+class ToolError(JunctionError):
+    code = "tool_error"
+    status = 422
+
+
+class UpstreamError(JunctionError):
+    code = "upstream_error"
+    status = 502
+    jsonrpc_code = -32603
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "upstream_timeout"
+    status = 504
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class UpstreamRefused(UpstreamError):
+    code = "upstream_refused"
+    status = 400
+    jsonrpc_code = -32602

@@ -1,0 +1,1 @@
+"""The namespace MCP endpoint and the per-connection passthrough."""

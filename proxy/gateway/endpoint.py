@@ -1,0 +1,97 @@
+"""The namespace MCP endpoint `/mcp/{ns}`: one low-level MCP server over every connection.
+
+The SDK's session manager serves both eras (legacy sessions with a back-channel, and the
+stateless 2026-07-28 path). Handlers only translate between MCP and the catalog.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import mcp.types as types
+from mcp.server import Server, ServerRequestContext
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared.exceptions import MCPError
+from starlette.requests import Request
+
+from proxy import __version__
+from proxy.auth.policy import Principal
+from proxy.directory import Directory
+from proxy.errors import JunctionError, NotFound, UpstreamError
+from proxy.gateway.catalog import Catalog
+from proxy.gateway.names import choose_style
+from proxy.settings import Settings
+
+log = logging.getLogger("junction.gateway")
+
+NAMESPACE_KEY = "junction.namespace"
+PRINCIPAL_KEY = "junction.principal"
+
+
+def _caller(ctx: ServerRequestContext[Any, Any]) -> tuple[str, Principal, Request]:
+    request = ctx.request
+    if not isinstance(request, Request) or NAMESPACE_KEY not in request.scope:
+        raise MCPError(-32600, "this server is only reachable through /mcp/{namespace}")
+    return request.scope[NAMESPACE_KEY], request.scope[PRINCIPAL_KEY], request
+
+
+def _client_name(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    params = ctx.session.client_params
+    if params is not None and params.client_info is not None:
+        return params.client_info.name
+    info = (ctx.meta or {}).get("io.modelcontextprotocol/clientInfo")  # type: ignore[union-attr]
+    if isinstance(info, dict):
+        return str(info.get("name", "")) or None
+    return None
+
+
+def build_namespace_server(directory: Directory, catalog: Catalog, settings: Settings) -> Server[Any, Any]:
+    """The MCP server behind every `/mcp/{ns}` (the namespace comes from the request)."""
+
+    async def list_tools(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        namespace, principal, request = _caller(ctx)
+        try:
+            record = await directory.namespace(namespace)
+        except NotFound as exc:
+            raise MCPError(-32602, exc.message) from exc
+        style = choose_style(
+            request.query_params.get("tool_names"), record.tool_names, settings.tool_names, _client_name(ctx)
+        )
+        tools = await catalog.tools(namespace, principal, style)
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(
+        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        namespace, principal, _ = _caller(ctx)
+        try:
+            return await catalog.call(namespace, principal, params.name, params.arguments)
+        except NotFound as exc:
+            raise MCPError(-32602, exc.message) from exc
+        except UpstreamError as exc:
+            # The model sees why the tool failed; the session stays usable.
+            return types.CallToolResult(
+                content=[types.TextContent(type="text", text=exc.message)], is_error=True
+            )
+        except JunctionError as exc:
+            raise MCPError(exc.jsonrpc_code, exc.message) from exc
+
+    return Server(
+        "mcp-junction",
+        version=__version__,
+        instructions="Tools of every connection in this namespace, prefixed with the connection id.",
+        get_tool_input_schema=lambda _name: None,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )
+
+
+def build_session_manager(server: Server[Any, Any], settings: Settings) -> StreamableHTTPSessionManager:
+    return StreamableHTTPSessionManager(
+        app=server,
+        max_request_body_size=settings.max_body_bytes,
+        session_idle_timeout=settings.session_idle_timeout,
+    )

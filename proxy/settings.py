@@ -1,0 +1,123 @@
+"""Typed settings, read once from `config.toml` and `JUNCTION_*` environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from proxy.errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the gateway; `config.example.toml` documents each one."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: str = "./data"
+    database_url: str = ""
+    public_url: str = ""
+    admin_key: str = field(default="", repr=False)
+    master_key: str = field(default="", repr=False)
+    allow_private_upstreams: bool = False
+    max_body_bytes: int = 4 * 1024 * 1024
+    connect_timeout: float = 15.0
+    list_timeout: float = 20.0
+    call_timeout: float = 600.0
+    session_idle_timeout: float = 900.0
+    tools_cache_ttl: float = 300.0
+    reconnect_backoff_max: float = 30.0
+    tool_names: str = "auto"
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.tool_names not in ("auto", "dotted", "safe"):
+            raise ConfigError("tool_names must be one of auto, dotted, safe")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("max_body_bytes must be at least 1024")
+        for name in ("connect_timeout", "list_timeout", "call_timeout", "session_idle_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_path / 'junction.db').resolve()}"
+
+    @property
+    def effective_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Build settings: defaults, then the TOML file, then `JUNCTION_*` env, then explicit overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        path = config_file or env.get("JUNCTION_CONFIG")
+        if path is None and Path("config.toml").is_file():
+            path = "config.toml"
+        known = {f.name: f for f in fields(cls)}
+        if path:
+            try:
+                data = tomllib.loads(Path(path).read_text())
+            except FileNotFoundError as exc:
+                raise ConfigError(f"config file {path} not found") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+            for key, value in data.items():
+                if key not in known:
+                    raise ConfigError(f"unknown setting {key!r} in {path}")
+                values[key] = _coerce(key, known[key].type, value)
+        for name, f in known.items():
+            raw = env.get(f"JUNCTION_{name.upper()}")
+            if raw is not None:
+                values[name] = _coerce(f"JUNCTION_{name.upper()}", f.type, raw)
+        for key, value in overrides.items():
+            if value is not None:
+                values[key] = _coerce(key, known[key].type, value)
+        return cls(**values)
+
+
+def _coerce(name: str, type_name: Any, value: Any) -> Any:
+    type_name = str(type_name)
+    try:
+        if type_name == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError(value)
+        if type_name == "int":
+            return int(value)
+        if type_name == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name} has an invalid value for type {type_name}") from exc

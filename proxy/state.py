@@ -1,0 +1,28 @@
+"""The running gateway's parts, built once in the app lifespan and shared by every surface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.auth.keys import ApiKeys
+from proxy.directory import Directory
+from proxy.gateway.catalog import Catalog
+from proxy.gateway.passthrough import Passthrough
+from proxy.settings import Settings
+from proxy.store import Store
+from proxy.upstream import ConnectionPool
+from proxy.vault import Vault
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    store: Store
+    vault: Vault
+    keys: ApiKeys
+    pool: ConnectionPool
+    directory: Directory
+    catalog: Catalog
+    passthrough: Passthrough
+    session_manager: Any

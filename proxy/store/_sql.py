@@ -1,0 +1,262 @@
+"""The SQL store (SQLAlchemy Core, async). SQLite through aiosqlite is the embedded default."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from proxy.errors import ConfigError
+from proxy.store import _schema as t
+from proxy.store._models import ApiKeyRecord, ConnectionRecord, NamespaceRecord
+
+
+class Store(Protocol):
+    """What the gateway needs from durable storage; SQLite and PostgreSQL implement it."""
+
+    async def close(self) -> None: ...
+    async def create_namespace(self, name: str, tool_names: str = "auto") -> tuple[NamespaceRecord, bool]: ...
+    async def get_namespace(self, name: str) -> NamespaceRecord | None: ...
+    async def list_namespaces(self, offset: int, limit: int) -> tuple[list[NamespaceRecord], int]: ...
+    async def set_namespace_tool_names(self, name: str, tool_names: str) -> None: ...
+    async def delete_namespace(self, name: str) -> bool: ...
+    async def list_connections(self, namespace: str) -> list[ConnectionRecord]: ...
+    async def get_connection(self, namespace: str, connection_id: str) -> ConnectionRecord | None: ...
+    async def put_connection(self, record: ConnectionRecord) -> None: ...
+    async def delete_connection(self, namespace: str, connection_id: str) -> bool: ...
+    async def set_connection_state(
+        self, namespace: str, connection_id: str, status: dict[str, Any], server_info: dict[str, Any] | None
+    ) -> None: ...
+    async def add_api_key(self, record: ApiKeyRecord) -> None: ...
+    async def list_api_keys(self) -> list[ApiKeyRecord]: ...
+    async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None: ...
+    async def delete_api_key(self, key_id: str) -> bool: ...
+    async def touch_api_key(self, key_id: str, when: datetime) -> None: ...
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _namespace(row: sa.Row[Any]) -> NamespaceRecord:
+    return NamespaceRecord(name=row.name, created_at=_utc(row.created_at), tool_names=row.tool_names)  # type: ignore[arg-type]
+
+
+def _connection(row: sa.Row[Any]) -> ConnectionRecord:
+    return ConnectionRecord(
+        namespace=row.namespace,
+        connection_id=row.connection_id,
+        name=row.name,
+        mcp_url=row.mcp_url,
+        metadata=row.metadata,
+        created_at=_utc(row.created_at),  # type: ignore[arg-type]
+        updated_at=_utc(row.updated_at),  # type: ignore[arg-type]
+        headers_ciphertext=row.headers_ciphertext,
+        header_names=tuple(row.header_names or ()),
+        status=row.status or {"state": "connected"},
+        server_info=row.server_info,
+        timeouts=row.timeouts,
+    )
+
+
+def _api_key(row: sa.Row[Any]) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=row.id,
+        name=row.name,
+        key_hash=row.key_hash,
+        prefix=row.prefix,
+        created_at=_utc(row.created_at),  # type: ignore[arg-type]
+        last_used_at=_utc(row.last_used_at),
+    )
+
+
+class SqlStore:
+    """`Store` over an async SQLAlchemy engine."""
+
+    def __init__(self, engine: AsyncEngine):
+        self._engine = engine
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest version; safe to run on every start."""
+        async with self._engine.begin() as conn:
+            await conn.run_sync(lambda c: t.schema_version.create(c, checkfirst=True))
+            current = (await conn.execute(sa.select(sa.func.max(t.schema_version.c.version)))).scalar() or 0
+            for version, tables in enumerate(t.MIGRATIONS, start=1):
+                if version <= current:
+                    continue
+                for table in tables:
+                    await conn.run_sync(lambda c, table=table: table.create(c, checkfirst=True))
+                await conn.execute(sa.insert(t.schema_version).values(version=version))
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    # namespaces
+    async def create_namespace(self, name: str, tool_names: str = "auto") -> tuple[NamespaceRecord, bool]:
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(sa.select(t.namespaces).where(t.namespaces.c.name == name))).first()
+            if row is not None:
+                return _namespace(row), False
+            record = NamespaceRecord(name=name, created_at=datetime.now(UTC), tool_names=tool_names)
+            await conn.execute(
+                sa.insert(t.namespaces).values(name=name, created_at=record.created_at, tool_names=tool_names)
+            )
+            return record, True
+
+    async def get_namespace(self, name: str) -> NamespaceRecord | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sa.select(t.namespaces).where(t.namespaces.c.name == name))).first()
+            return _namespace(row) if row is not None else None
+
+    async def list_namespaces(self, offset: int, limit: int) -> tuple[list[NamespaceRecord], int]:
+        async with self._engine.connect() as conn:
+            total = (await conn.execute(sa.select(sa.func.count()).select_from(t.namespaces))).scalar() or 0
+            rows = await conn.execute(
+                sa.select(t.namespaces).order_by(t.namespaces.c.name).offset(offset).limit(limit)
+            )
+            return [_namespace(r) for r in rows], int(total)
+
+    async def set_namespace_tool_names(self, name: str, tool_names: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                sa.update(t.namespaces).where(t.namespaces.c.name == name).values(tool_names=tool_names)
+            )
+
+    async def delete_namespace(self, name: str) -> bool:
+        async with self._engine.begin() as conn:
+            await conn.execute(sa.delete(t.connections).where(t.connections.c.namespace == name))
+            result = await conn.execute(sa.delete(t.namespaces).where(t.namespaces.c.name == name))
+            return result.rowcount > 0
+
+    # connections
+    async def list_connections(self, namespace: str) -> list[ConnectionRecord]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(t.connections)
+                .where(t.connections.c.namespace == namespace)
+                .order_by(t.connections.c.connection_id)
+            )
+            return [_connection(r) for r in rows]
+
+    async def get_connection(self, namespace: str, connection_id: str) -> ConnectionRecord | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(t.connections).where(
+                        t.connections.c.namespace == namespace, t.connections.c.connection_id == connection_id
+                    )
+                )
+            ).first()
+            return _connection(row) if row is not None else None
+
+    async def put_connection(self, record: ConnectionRecord) -> None:
+        values = {
+            "name": record.name,
+            "mcp_url": record.mcp_url,
+            "metadata": record.metadata,
+            "headers_ciphertext": record.headers_ciphertext,
+            "header_names": list(record.header_names),
+            "status": record.status,
+            "server_info": record.server_info,
+            "timeouts": record.timeouts,
+            "created_at": record.created_at,
+            "updated_at": record.updated_at,
+        }
+        key = (t.connections.c.namespace == record.namespace) & (
+            t.connections.c.connection_id == record.connection_id
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(sa.update(t.connections).where(key).values(**values))
+            if result.rowcount == 0:
+                await conn.execute(
+                    sa.insert(t.connections).values(
+                        namespace=record.namespace, connection_id=record.connection_id, **values
+                    )
+                )
+
+    async def delete_connection(self, namespace: str, connection_id: str) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                sa.delete(t.connections).where(
+                    t.connections.c.namespace == namespace, t.connections.c.connection_id == connection_id
+                )
+            )
+            return result.rowcount > 0
+
+    async def set_connection_state(
+        self, namespace: str, connection_id: str, status: dict[str, Any], server_info: dict[str, Any] | None
+    ) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                sa.update(t.connections)
+                .where(t.connections.c.namespace == namespace, t.connections.c.connection_id == connection_id)
+                .values(status=status, server_info=server_info)
+            )
+
+    # API keys
+    async def add_api_key(self, record: ApiKeyRecord) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                sa.insert(t.api_keys).values(
+                    id=record.id,
+                    name=record.name,
+                    key_hash=record.key_hash,
+                    prefix=record.prefix,
+                    created_at=record.created_at,
+                    last_used_at=record.last_used_at,
+                )
+            )
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(sa.select(t.api_keys).order_by(t.api_keys.c.created_at))
+            return [_api_key(r) for r in rows]
+
+    async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sa.select(t.api_keys).where(t.api_keys.c.key_hash == key_hash))).first()
+            return _api_key(row) if row is not None else None
+
+    async def delete_api_key(self, key_id: str) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(sa.delete(t.api_keys).where(t.api_keys.c.id == key_id))
+            return result.rowcount > 0
+
+    async def touch_api_key(self, key_id: str, when: datetime) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                sa.update(t.api_keys).where(t.api_keys.c.id == key_id).values(last_used_at=when)
+            )
+
+
+async def open_store(database_url: str) -> SqlStore:
+    """Open (and migrate) the store named by a SQLAlchemy URL."""
+    try:
+        url = make_url(database_url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"database_url is not a valid database URL: {exc}") from exc
+    if url.get_backend_name() != "sqlite":
+        raise ConfigError(
+            f"database backend {url.get_backend_name()!r} is not supported yet; use a sqlite+aiosqlite:/// URL"
+        )
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    store = SqlStore(engine)
+    await store.migrate()
+    return store

@@ -1,0 +1,42 @@
+"""Turn transport failures into one-line messages that never carry credentials."""
+
+from __future__ import annotations
+
+import httpx2
+from mcp.shared.exceptions import MCPError
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for inner in exc.exceptions:
+            out.extend(_leaves(inner))
+        return out
+    return [exc]
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A short, credential-free reason for an upstream failure."""
+    for leaf in _leaves(exc):
+        if isinstance(leaf, httpx2.ConnectError):
+            return "cannot connect to the upstream server (connection refused or host unreachable)"
+        if isinstance(leaf, httpx2.TimeoutException | TimeoutError):
+            return "the upstream server did not answer in time"
+        if isinstance(leaf, httpx2.HTTPStatusError):
+            return f"the upstream server answered HTTP {leaf.response.status_code}"
+        if isinstance(leaf, httpx2.RemoteProtocolError):
+            return "the upstream server closed the connection or broke the HTTP protocol"
+        if isinstance(leaf, MCPError):
+            return f"the upstream server returned an MCP error: {leaf.error.message[:300]}"
+        if isinstance(leaf, httpx2.HTTPError):
+            return f"HTTP error talking to the upstream server ({type(leaf).__name__})"
+    leaf = _leaves(exc)[0]
+    name = type(leaf).__name__
+    if name == "ValidationError":
+        return "the upstream server sent a response that is not valid MCP"
+    return f"the upstream server failed ({name})"
+
+
+def is_session_expired(exc: BaseException) -> bool:
+    """True when the upstream forgot our session (HTTP 404 on a session), so re-initializing helps."""
+    return isinstance(exc, MCPError) and exc.code == -32600 and "session" in exc.error.message.lower()

@@ -1,0 +1,419 @@
+"""One long-lived upstream MCP client per connection, shared by every caller.
+
+Sessions connect lazily, are probed for their protocol era by the SDK (`mode="auto"`), fall back
+to the legacy HTTP+SSE transport, reconnect with exponential backoff after failures, close when
+idle, and re-initialize transparently when an upstream forgot the session (404 after a restart).
+Nothing here reads the database: configs are handed in by the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx2
+import mcp.types as types
+from anyio.abc import TaskGroup, TaskStatus
+from mcp import Client
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from proxy import __version__
+from proxy.errors import JunctionError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from proxy.upstream._describe import describe_failure, is_session_expired
+from proxy.upstream.ssrf import check_upstream_url
+
+log = logging.getLogger("junction.upstream")
+
+MAX_TOOL_PAGES = 50
+Key = tuple[str, str]
+StateListener = Callable[[Key, dict[str, Any], dict[str, Any] | None], Awaitable[None]]
+ToolsChangedListener = Callable[[Key], None]
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """Everything needed to reach one upstream. `headers` are plaintext credentials: never log them."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    connect_timeout: float = 15.0
+    list_timeout: float = 20.0
+    call_timeout: float = 600.0
+
+
+@dataclass
+class _Live:
+    client: Client
+    closed: anyio.Event
+    done: anyio.Event
+    transport: str
+
+
+class UpstreamSession:
+    """The shared client of one connection, and what we know about it."""
+
+    def __init__(self, pool: ConnectionPool, key: Key, config: UpstreamConfig):
+        self._pool = pool
+        self.key = key
+        self.config = config
+        self._live: _Live | None = None
+        self._connect_lock = anyio.Lock()
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_error = ""
+        self._transport_hint: str | None = None
+        self.last_used = time.monotonic()
+        self.server_info: dict[str, Any] | None = None
+        self.protocol_version: str | None = None
+        self.status: dict[str, Any] | None = None
+        self._tools: list[types.Tool] | None = None
+        self._tools_at = 0.0
+        self._tools_inflight: anyio.Event | None = None
+        self._tools_error: JunctionError | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._live is not None and not self._live.done.is_set()
+
+    # connecting
+    async def client(self) -> Client:
+        """The live client, connecting (or reconnecting after backoff) when needed."""
+        self.last_used = time.monotonic()
+        live = self._live
+        if live is not None and not live.done.is_set():
+            return live.client
+        async with self._connect_lock:
+            live = self._live
+            if live is not None and not live.done.is_set():
+                return live.client
+            wait = self._retry_at - time.monotonic()
+            if wait > 0:
+                raise UpstreamUnavailable(f"{self._last_error}; next attempt in {math.ceil(wait)} s")
+            try:
+                with anyio.fail_after(self.config.connect_timeout):
+                    await check_upstream_url(self.config.url, self._pool.allow_private)
+                    self._live = await self._open()
+            except JunctionError as exc:
+                await self._failed(exc.message)
+                raise
+            except Exception as exc:
+                message = describe_failure(exc)
+                await self._failed(message)
+                if isinstance(exc, TimeoutError):
+                    raise UpstreamTimeout(
+                        f"connecting to the upstream timed out after {self.config.connect_timeout:g} s"
+                    ) from exc
+                raise UpstreamUnavailable(message) from exc
+            self._failures = 0
+            self._retry_at = 0.0
+            await self._set_state({"state": "connected"})
+            return self._live.client
+
+    async def _failed(self, message: str) -> None:
+        self._failures += 1
+        backoff = min(self._pool.backoff_max, 0.5 * 2 ** (self._failures - 1))
+        self._retry_at = time.monotonic() + (backoff if self._failures > 1 else 0.0)
+        self._last_error = message
+        await self._set_state({"state": "error", "message": message})
+
+    async def _set_state(self, status: dict[str, Any]) -> None:
+        if status != self.status:
+            self.status = status
+            await self._pool.state_changed(self.key, status, self.server_info)
+
+    def _transports(self) -> list[str]:
+        if self._transport_hint:
+            return [self._transport_hint]
+        path = urlsplit(self.config.url).path.rstrip("/")
+        return ["sse", "streamable"] if path.endswith("/sse") else ["streamable", "sse"]
+
+    async def _open(self) -> _Live:
+        errors: list[BaseException] = []
+        for kind in self._transports():
+            try:
+                live = await self._pool.task_group.start(self._run, kind)
+            except Exception as exc:  # try the next transport, report the first failure
+                errors.append(exc)
+                if any(isinstance(e, httpx2.ConnectError | httpx2.TimeoutException) for e in _leaves(exc)):
+                    break
+                continue
+            self._transport_hint = kind
+            return live
+        raise errors[0]
+
+    def _http_client(self) -> httpx2.AsyncClient:
+        c = self.config
+        return httpx2.AsyncClient(
+            headers=c.headers,
+            timeout=httpx2.Timeout(c.connect_timeout, read=max(c.call_timeout, c.list_timeout) + 5),
+            limits=httpx2.Limits(max_connections=256, max_keepalive_connections=64),
+            follow_redirects=False,
+        )
+
+    async def _run(self, kind: str, *, task_status: TaskStatus[_Live]) -> None:
+        closed, done = anyio.Event(), anyio.Event()
+        started = False
+        try:
+            async with AsyncExitStack() as stack:
+                if kind == "sse":
+                    c = self.config
+                    transport = sse_client(
+                        c.url,
+                        headers=c.headers,
+                        timeout=c.connect_timeout,
+                        sse_read_timeout=max(c.call_timeout, 300.0) + 5,
+                    )
+                    mode = "legacy"
+                else:
+                    http = await stack.enter_async_context(self._http_client())
+                    transport = streamable_http_client(self.config.url, http_client=http)
+                    mode = "auto"
+                client = Client(
+                    transport,
+                    mode=mode,
+                    cache=None,
+                    client_info=types.Implementation(name="mcp-junction", version=__version__),
+                    message_handler=self._on_message,
+                    read_timeout_seconds=self.config.call_timeout,
+                )
+                await stack.enter_async_context(client)
+                self.protocol_version = client.protocol_version
+                info = client.server_info
+                self.server_info = (
+                    info.model_dump(mode="json", by_alias=True, exclude_none=True) if info else None
+                )
+                live = _Live(client=client, closed=closed, done=done, transport=kind)
+                started = True
+                task_status.started(live)
+                await closed.wait()
+        except Exception as exc:
+            if not started:
+                raise
+            message = describe_failure(exc)
+            log.info("upstream %s/%s session ended: %s", *self.key, message)
+            self._failures += 1
+            self._last_error = message
+            await self._set_state({"state": "error", "message": message})
+        finally:
+            done.set()
+
+    async def close(self) -> None:
+        live, self._live = self._live, None
+        if live is not None:
+            live.closed.set()
+            with anyio.move_on_after(5, shield=True):
+                await live.done.wait()
+
+    def _forget(self, live_client: Client) -> None:
+        live = self._live
+        if live is not None and live.client is live_client:
+            live.closed.set()
+            self._live = None
+
+    async def _on_message(self, message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            self.invalidate_tools()
+
+    def invalidate_tools(self) -> None:
+        self._tools = None
+        self._pool.tools_changed(self.key)
+
+    # requests
+    async def _with_retry(self, op: Callable[[Client], Awaitable[Any]], deadline: float, what: str) -> Any:
+        for attempt in (1, 2):
+            client = await self.client()
+            try:
+                with anyio.fail_after(deadline):
+                    return await op(client)
+            except TimeoutError as exc:
+                raise UpstreamTimeout(f"{what} timed out after {deadline:g} s") from exc
+            except MCPError as exc:
+                if attempt == 1 and (is_session_expired(exc) or not self.connected):
+                    # The upstream restarted and forgot us, or the transport died before sending.
+                    self._forget(client)
+                    continue
+                raise
+            except Exception as exc:
+                self._forget(client)
+                if attempt == 1 and any(isinstance(e, httpx2.ConnectError) for e in _leaves(exc)):
+                    continue
+                await self._failed(describe_failure(exc))
+                raise UpstreamUnavailable(describe_failure(exc)) from exc
+        raise UpstreamUnavailable(self._last_error or "the upstream server is unavailable")
+
+    def cached_tools(self) -> list[types.Tool] | None:
+        """The tool list if it is cached and fresh, else None (no I/O)."""
+        if self._tools is not None and time.monotonic() - self._tools_at < self._pool.tools_ttl:
+            return self._tools
+        return None
+
+    async def list_tools(self, *, wait: float | None = None) -> list[types.Tool]:
+        """Every tool of the upstream (all pages), cached until it changes or ages out.
+
+        A refresh runs in the pool's task group, so a caller that stops waiting after `wait`
+        seconds leaves it running and the next caller finds the list cached.
+        """
+        self.last_used = time.monotonic()
+        tools = self.cached_tools()
+        if tools is not None:
+            return tools
+        inflight = self._tools_inflight
+        if inflight is None:
+            inflight = self._tools_inflight = anyio.Event()
+            self._pool.task_group.start_soon(self._refresh_tools, inflight)
+        timeout = self.config.list_timeout if wait is None else wait
+        try:
+            with anyio.fail_after(timeout):
+                await inflight.wait()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"listing tools timed out after {timeout:g} s") from exc
+        if self._tools_error is not None:
+            raise self._tools_error
+        assert self._tools is not None
+        return self._tools
+
+    async def _refresh_tools(self, done: anyio.Event) -> None:
+        async def walk(client: Client) -> list[types.Tool]:
+            tools: list[types.Tool] = []
+            cursor: str | None = None
+            for _ in range(MAX_TOOL_PAGES):
+                page = await client.list_tools(cursor=cursor)
+                tools.extend(page.tools)
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            return tools
+
+        try:
+            tools = await self._with_retry(walk, self.config.list_timeout, "listing tools")
+            self._tools, self._tools_at, self._tools_error = tools, time.monotonic(), None
+        except JunctionError as exc:
+            self._tools_error = exc
+        except MCPError as exc:
+            self._tools_error = UpstreamError(describe_failure(exc))
+        except Exception as exc:
+            self._tools_error = UpstreamUnavailable(describe_failure(exc))
+        finally:
+            self._tools_inflight = None
+            done.set()
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any] | None, *, meta: dict[str, Any] | None = None
+    ) -> types.CallToolResult:
+        async def call(client: Client) -> types.CallToolResult:
+            return await client.call_tool(name, arguments, meta=meta)  # type: ignore[arg-type]
+
+        return await self._with_retry(call, self.config.call_timeout, f"tool {name!r}")
+
+    async def request(self, method: str, params: dict[str, Any] | None, result_type: type[Any]) -> Any:
+        """Forward any other request (resources, prompts, completion) unchanged."""
+
+        async def send(client: Client) -> Any:
+            request = types.ClientRequest.model_validate({"method": method, "params": params})  # type: ignore[attr-defined]
+            return await client.session.send_request(request, result_type)
+
+        return await self._with_retry(send, self.config.list_timeout, method)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for inner in exc.exceptions:
+            out.extend(_leaves(inner))
+        return out
+    return [exc]
+
+
+class ConnectionPool:
+    """All upstream sessions of this gateway instance."""
+
+    def __init__(
+        self,
+        task_group: TaskGroup,
+        *,
+        allow_private: bool,
+        tools_ttl: float,
+        idle_timeout: float,
+        backoff_max: float = 30.0,
+    ):
+        self.task_group = task_group
+        self.allow_private = allow_private
+        self.tools_ttl = tools_ttl
+        self.idle_timeout = idle_timeout
+        self.backoff_max = backoff_max
+        self._sessions: dict[Key, UpstreamSession] = {}
+        self._state_listeners: list[StateListener] = []
+        self._tools_listeners: list[ToolsChangedListener] = []
+
+    def on_state_change(self, listener: StateListener) -> None:
+        self._state_listeners.append(listener)
+
+    def on_tools_changed(self, listener: ToolsChangedListener) -> None:
+        self._tools_listeners.append(listener)
+
+    async def state_changed(
+        self, key: Key, status: dict[str, Any], server_info: dict[str, Any] | None
+    ) -> None:
+        for listener in self._state_listeners:
+            try:
+                await listener(key, status, server_info)
+            except Exception:  # a listener failing must not break the request that changed state
+                log.exception("state listener failed for %s/%s", *key)
+
+    def tools_changed(self, key: Key) -> None:
+        for listener in self._tools_listeners:
+            listener(key)
+
+    def get(self, key: Key) -> UpstreamSession | None:
+        return self._sessions.get(key)
+
+    def session(self, key: Key, config: UpstreamConfig) -> UpstreamSession:
+        """The session for `key`, replacing it when its config changed."""
+        current = self._sessions.get(key)
+        if current is not None and current.config == config:
+            return current
+        if current is not None:
+            self.task_group.start_soon(current.close)
+        session = UpstreamSession(self, key, config)
+        self._sessions[key] = session
+        return session
+
+    async def remove(self, key: Key) -> None:
+        session = self._sessions.pop(key, None)
+        if session is not None:
+            await session.close()
+
+    async def remove_namespace(self, namespace: str) -> None:
+        for key in [k for k in self._sessions if k[0] == namespace]:
+            await self.remove(key)
+
+    async def close_idle(self) -> int:
+        """Close sessions unused for longer than the idle timeout; return how many."""
+        now = time.monotonic()
+        idle = [s for s in self._sessions.values() if s.connected and now - s.last_used > self.idle_timeout]
+        for session in idle:
+            await session.close()
+        return len(idle)
+
+    async def run_reaper(self, interval: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            await self.close_idle()
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for session in list(self._sessions.values()):
+                await session.close()
+        self._sessions.clear()
+
+
+__all__ = ["ConnectionPool", "UpstreamConfig", "UpstreamSession", "UpstreamError"]
