@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from proxy import __version__
 from proxy.api import connections, keys, namespaces, tools
@@ -30,6 +30,7 @@ from proxy.directory import Directory
 from proxy.errors import JunctionError, MethodNotAllowed, NotFound
 from proxy.gateway.catalog import Catalog
 from proxy.gateway.endpoint import NAMESPACE_KEY, build_namespace_server, build_session_manager
+from proxy.gateway.fastpath import ToolCallFastPath
 from proxy.gateway.passthrough import Passthrough
 from proxy.gateway.passthrough import error_response as rpc_error_response
 from proxy.settings import Settings
@@ -85,7 +86,30 @@ class NamespaceMCP:
         scope[NAMESPACE_KEY] = namespace
         # Binds legacy sessions to the credential that opened them.
         scope["user"] = AuthenticatedUser(AccessToken(token=caller.id, client_id=caller.id, scopes=[]))
+        if scope["method"] == "POST":
+            try:
+                body = await read_body(Request(scope, receive), gw.settings.max_body_bytes)
+            except JunctionError as exc:
+                await rpc_error_response(None, exc)(scope, receive, send)
+                return
+            if await gw.fast_path.handle(scope, body, send, namespace, caller):
+                return
+            receive = _replay(body, receive)
         await gw.session_manager.handle_request(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that yields the already-read body once, then defers to the real one."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 async def connection_mcp(request: Request) -> Response:
@@ -169,6 +193,9 @@ ROUTES: list[Route] = [
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    if not settings.data_path.exists():
+        # The data directory holds the master key, the admin key and the database: owner only.
+        settings.data_path.mkdir(parents=True, mode=0o700)
     store = await open_store(settings.effective_database_url)
     try:
         vault = Vault.from_settings(settings.master_key, settings.data_path)
@@ -204,6 +231,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 catalog=catalog,
                 passthrough=Passthrough(),
                 session_manager=manager,
+                fast_path=ToolCallFastPath(manager, catalog),
             )
             tg.start_soon(pool.run_reaper, min(60.0, settings.session_idle_timeout))
             try:

@@ -131,7 +131,7 @@ class Directory:
         self._vault = vault
         self._pool = pool
         self._settings = settings
-        self._namespaces: dict[str, NamespaceRecord | None] = {}
+        self._namespaces: dict[str, NamespaceRecord] = {}
         self._connections: dict[str, dict[str, ConnectionRecord]] = {}
         self._configs: dict[tuple[str, str], UpstreamConfig] = {}
         self._ns_locks: dict[str, anyio.Lock] = {}
@@ -139,11 +139,13 @@ class Directory:
 
     # namespaces
     async def namespace(self, name: str) -> NamespaceRecord:
-        if name not in self._namespaces:
-            self._namespaces[name] = await self._store.get_namespace(name)
-        record = self._namespaces[name]
+        record = self._namespaces.get(name)
         if record is None:
-            raise NotFound(f"namespace {name!r} not found")
+            # Unknown names are not remembered, so random paths cannot grow the cache.
+            record = await self._store.get_namespace(name)
+            if record is None:
+                raise NotFound(f"namespace {name!r} not found")
+            self._namespaces[name] = record
         return record
 
     async def create_namespace(
@@ -168,7 +170,7 @@ class Directory:
         await self.namespace(name)
         async with self._lock(name):
             await self._store.delete_namespace(name)
-            self._namespaces[name] = None
+            self._namespaces.pop(name, None)
             for cid in list(self._connections.pop(name, {})):
                 self._configs.pop((name, cid), None)
             await self._pool.remove_namespace(name)

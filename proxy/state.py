@@ -26,3 +26,4 @@ class Gateway:
     catalog: Catalog
     passthrough: Passthrough
     session_manager: Any
+    fast_path: Any

@@ -82,7 +82,7 @@ async def call_tool(request: Request) -> Response:
         result = await session.call_tool(tool.name, arguments)
     except MCPError as exc:
         raise ToolError(f"the upstream rejected the call: {exc.error.message}") from exc
-    return json_response(_dump(result))
+    return json_response(result)
 
 
 async def namespace_tools(request: Request) -> Response:

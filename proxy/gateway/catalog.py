@@ -110,7 +110,8 @@ class Catalog:
 
     async def call(
         self, namespace: str, principal: Principal, name: str, arguments: dict[str, Any] | None
-    ) -> types.CallToolResult:
+    ) -> dict[str, Any]:
+        """Call a tool by its exposed name; the upstream's raw result object."""
         record, tool = await self.resolve(namespace, principal, name)
         return await self._directory.upstream_for(record).call_tool(tool, arguments)
 

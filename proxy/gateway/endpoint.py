@@ -46,6 +46,21 @@ def _client_name(ctx: ServerRequestContext[Any, Any]) -> str | None:
     return None
 
 
+async def call_for_mcp(
+    catalog: Catalog, namespace: str, principal: Principal, name: str, arguments: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A `tools/call` result for MCP clients: upstream failures become readable tool errors."""
+    try:
+        return await catalog.call(namespace, principal, name, arguments)
+    except NotFound as exc:
+        raise MCPError(-32602, exc.message) from exc
+    except UpstreamError as exc:
+        # The model sees why the tool failed; the session stays usable.
+        return {"content": [{"type": "text", "text": exc.message}], "isError": True}
+    except JunctionError as exc:
+        raise MCPError(exc.jsonrpc_code, exc.message) from exc
+
+
 def build_namespace_server(directory: Directory, catalog: Catalog, settings: Settings) -> Server[Any, Any]:
     """The MCP server behind every `/mcp/{ns}` (the namespace comes from the request)."""
 
@@ -67,17 +82,8 @@ def build_namespace_server(directory: Directory, catalog: Catalog, settings: Set
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         namespace, principal, _ = _caller(ctx)
-        try:
-            return await catalog.call(namespace, principal, params.name, params.arguments)
-        except NotFound as exc:
-            raise MCPError(-32602, exc.message) from exc
-        except UpstreamError as exc:
-            # The model sees why the tool failed; the session stays usable.
-            return types.CallToolResult(
-                content=[types.TextContent(type="text", text=exc.message)], is_error=True
-            )
-        except JunctionError as exc:
-            raise MCPError(exc.jsonrpc_code, exc.message) from exc
+        result = await call_for_mcp(catalog, namespace, principal, params.name, params.arguments)
+        return types.CallToolResult.model_validate(result)
 
     return Server(
         "mcp-junction",

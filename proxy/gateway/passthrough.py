@@ -115,7 +115,7 @@ class Passthrough:
             arguments = params.get("arguments")
             if not isinstance(name, str) or (arguments is not None and not isinstance(arguments, dict)):
                 raise MCPError(-32602, "tools/call needs a string 'name' and an object 'arguments'")
-            return _dump(await session.call_tool(name, arguments))
+            return await session.call_tool(name, arguments)
         if method == "tools/list":
             return {"tools": [_dump(t) for t in await session.list_tools()]}
         if method == "ping":

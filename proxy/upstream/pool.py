@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import anyio
 import httpx2
 import mcp.types as types
@@ -25,10 +26,12 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp_types.jsonrpc import CONNECTION_CLOSED
 
 from proxy import __version__
 from proxy.errors import JunctionError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from proxy.upstream._describe import describe_failure, is_session_expired
+from proxy.upstream.fastlane import FastLane, uses_mcp_headers
 from proxy.upstream.ssrf import check_upstream_url
 
 log = logging.getLogger("junction.upstream")
@@ -56,6 +59,13 @@ class _Live:
     closed: anyio.Event
     done: anyio.Event
     transport: str
+    error: BaseException | None = None
+    fastlane: FastLane | None = None
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """A refused connection means the request never reached the upstream, so a retry is safe."""
+    return any(isinstance(e, httpx2.ConnectError | aiohttp.ClientConnectorError) for e in _leaves(exc))
 
 
 class UpstreamSession:
@@ -78,6 +88,8 @@ class UpstreamSession:
         self._tools: list[types.Tool] | None = None
         self._tools_at = 0.0
         self._tools_inflight: anyio.Event | None = None
+        # Tools whose calls must mirror arguments into Mcp-Param-* headers: the SDK does that.
+        self._header_tools: frozenset[str] = frozenset()
         self._tools_error: JunctionError | None = None
 
     @property
@@ -150,18 +162,36 @@ class UpstreamSession:
             return live
         raise errors[0]
 
-    def _http_client(self) -> httpx2.AsyncClient:
+    def _http_client(self, session_ids: list[str]) -> httpx2.AsyncClient:
         c = self.config
+
+        async def remember_session(response: httpx2.Response) -> None:
+            session_id = response.headers.get("mcp-session-id")
+            if session_id:
+                session_ids.append(session_id)
+
         return httpx2.AsyncClient(
             headers=c.headers,
             timeout=httpx2.Timeout(c.connect_timeout, read=max(c.call_timeout, c.list_timeout) + 5),
             limits=httpx2.Limits(max_connections=256, max_keepalive_connections=64),
             follow_redirects=False,
+            event_hooks={"response": [remember_session]},
+        )
+
+    def _fast_client(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            headers=self.config.headers,
+            connector=aiohttp.TCPConnector(limit=256, limit_per_host=256),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.config.connect_timeout),
         )
 
     async def _run(self, kind: str, *, task_status: TaskStatus[_Live]) -> None:
         closed, done = anyio.Event(), anyio.Event()
         started = False
+        live: _Live | None = None
+        http: httpx2.AsyncClient | None = None
+        session_ids: list[str] = []
         try:
             async with AsyncExitStack() as stack:
                 if kind == "sse":
@@ -174,7 +204,7 @@ class UpstreamSession:
                     )
                     mode = "legacy"
                 else:
-                    http = await stack.enter_async_context(self._http_client())
+                    http = await stack.enter_async_context(self._http_client(session_ids))
                     transport = streamable_http_client(self.config.url, http_client=http)
                     mode = "auto"
                 client = Client(
@@ -192,12 +222,18 @@ class UpstreamSession:
                     info.model_dump(mode="json", by_alias=True, exclude_none=True) if info else None
                 )
                 live = _Live(client=client, closed=closed, done=done, transport=kind)
+                if http is not None:
+                    session_id = session_ids[-1] if session_ids else None
+                    fast_http = await stack.enter_async_context(self._fast_client())
+                    live.fastlane = FastLane(fast_http, self.config.url, client.protocol_version, session_id)
                 started = True
                 task_status.started(live)
                 await closed.wait()
         except Exception as exc:
             if not started:
                 raise
+            if live is not None:
+                live.error = exc
             message = describe_failure(exc)
             log.info("upstream %s/%s session ended: %s", *self.key, message)
             self._failures += 1
@@ -229,26 +265,48 @@ class UpstreamSession:
 
     # requests
     async def _with_retry(self, op: Callable[[Client], Awaitable[Any]], deadline: float, what: str) -> Any:
+        """Run `op` on the live client; reconnect and retry once when the request never reached
+        the upstream (session forgotten after a restart, or connection refused)."""
         for attempt in (1, 2):
             client = await self.client()
+            live = self._live
             try:
                 with anyio.fail_after(deadline):
                     return await op(client)
             except TimeoutError as exc:
                 raise UpstreamTimeout(f"{what} timed out after {deadline:g} s") from exc
             except MCPError as exc:
-                if attempt == 1 and (is_session_expired(exc) or not self.connected):
-                    # The upstream restarted and forgot us, or the transport died before sending.
+                if is_session_expired(exc):
                     self._forget(client)
+                    if attempt == 1:
+                        continue
+                    raise UpstreamUnavailable("the upstream server keeps forgetting its session") from exc
+                if exc.code != CONNECTION_CLOSED:
+                    raise
+                ended = await self._ended(live)
+                self._forget(client)
+                if attempt == 1 and ended is not None and _never_sent(ended):
                     continue
-                raise
+                message = (
+                    describe_failure(ended) if ended is not None else "the upstream closed the connection"
+                )
+                await self._failed(message)
+                raise UpstreamUnavailable(message) from exc
             except Exception as exc:
                 self._forget(client)
-                if attempt == 1 and any(isinstance(e, httpx2.ConnectError) for e in _leaves(exc)):
+                if attempt == 1 and _never_sent(exc):
                     continue
                 await self._failed(describe_failure(exc))
                 raise UpstreamUnavailable(describe_failure(exc)) from exc
         raise UpstreamUnavailable(self._last_error or "the upstream server is unavailable")
+
+    async def _ended(self, live: _Live | None) -> BaseException | None:
+        """Why the session's transport ended (waits briefly for it to finish unwinding)."""
+        if live is None:
+            return None
+        with anyio.move_on_after(1.0):
+            await live.done.wait()
+        return live.error
 
     def cached_tools(self) -> list[types.Tool] | None:
         """The tool list if it is cached and fresh, else None (no I/O)."""
@@ -296,6 +354,7 @@ class UpstreamSession:
         try:
             tools = await self._with_retry(walk, self.config.list_timeout, "listing tools")
             self._tools, self._tools_at, self._tools_error = tools, time.monotonic(), None
+            self._header_tools = frozenset(t.name for t in tools if uses_mcp_headers(t.input_schema))
         except JunctionError as exc:
             self._tools_error = exc
         except MCPError as exc:
@@ -306,11 +365,16 @@ class UpstreamSession:
             self._tools_inflight = None
             done.set()
 
-    async def call_tool(
-        self, name: str, arguments: dict[str, Any] | None, *, meta: dict[str, Any] | None = None
-    ) -> types.CallToolResult:
-        async def call(client: Client) -> types.CallToolResult:
-            return await client.call_tool(name, arguments, meta=meta)  # type: ignore[arg-type]
+    async def call_tool(self, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
+        """Call a tool; the upstream's result object, unchanged (content, structuredContent, isError)."""
+        slow = name in self._header_tools
+
+        async def call(client: Client) -> dict[str, Any]:
+            live = self._live
+            if not slow and live is not None and live.client is client and live.fastlane is not None:
+                return await live.fastlane.call_tool(name, arguments)
+            result = await client.call_tool(name, arguments)
+            return result.model_dump(mode="json", by_alias=True, exclude_none=True)
 
         return await self._with_retry(call, self.config.call_timeout, f"tool {name!r}")
 
