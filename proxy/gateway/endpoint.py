@@ -61,7 +61,7 @@ async def call_for_mcp(
         raise MCPError(exc.jsonrpc_code, exc.message) from exc
 
 
-def build_namespace_server(directory: Directory, catalog: Catalog, settings: Settings) -> Server[Any, Any]:
+def build_namespace_server(directory: Directory, catalog: Catalog, settings: Settings) -> Server[Any]:
     """The MCP server behind every `/mcp/{ns}` (the namespace comes from the request)."""
 
     async def list_tools(
@@ -95,7 +95,7 @@ def build_namespace_server(directory: Directory, catalog: Catalog, settings: Set
     )
 
 
-def build_session_manager(server: Server[Any, Any], settings: Settings) -> StreamableHTTPSessionManager:
+def build_session_manager(server: Server[Any], settings: Settings) -> StreamableHTTPSessionManager:
     return StreamableHTTPSessionManager(
         app=server,
         max_request_body_size=settings.max_body_bytes,

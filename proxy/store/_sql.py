@@ -91,7 +91,7 @@ class SqlStore:
                 if version <= current:
                     continue
                 for table in tables:
-                    await conn.run_sync(lambda c, table=table: table.create(c, checkfirst=True))
+                    await conn.run_sync(table.create, checkfirst=True)
                 await conn.execute(sa.insert(t.schema_version).values(version=version))
 
     async def close(self) -> None:
