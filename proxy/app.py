@@ -265,6 +265,8 @@ def configure_logging(level: str) -> None:
     # HTTP client logs carry URLs, and upstream URLs may carry configuration: keep them quiet.
     for name in ("httpx2", "httpcore2", "httpx", "httpcore", "mcp"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Failed transport probes are expected (we fall back and report the reason on the connection).
+    logging.getLogger("mcp.client").setLevel(logging.CRITICAL)
 
 
 def run(settings: Settings) -> None:

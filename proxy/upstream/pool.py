@@ -160,6 +160,11 @@ class UpstreamSession:
                 continue
             self._transport_hint = kind
             return live
+        if len(errors) > 1 and all(_not_mcp(e) for e in errors):
+            raise UpstreamUnavailable(
+                "the server at mcpUrl does not speak MCP over Streamable HTTP or HTTP+SSE "
+                f"({describe_failure(errors[0])}); check the URL"
+            )
         raise errors[0]
 
     def _http_client(self, session_ids: list[str]) -> httpx2.AsyncClient:
@@ -386,6 +391,12 @@ class UpstreamSession:
             return await client.session.send_request(request, result_type)
 
         return await self._with_retry(send, self.config.list_timeout, method)
+
+
+def _not_mcp(exc: BaseException) -> bool:
+    """The server answered, but not as an MCP server of this transport."""
+    answered = (MCPError, httpx2.HTTPStatusError, httpx2.RemoteProtocolError, httpx2.SSEError)
+    return all(isinstance(e, answered) for e in _leaves(exc))
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
