@@ -17,7 +17,13 @@ from typing import Any
 import anyio
 
 from proxy.errors import Conflict, NotFound, ValidationFailed
-from proxy.names import generate_connection_id, generate_namespace, validate_connection_id, validate_namespace
+from proxy.names import (
+    CONNECTION_ID_RE,
+    generate_connection_id,
+    generate_namespace,
+    validate_connection_id,
+    validate_namespace,
+)
 from proxy.settings import Settings
 from proxy.store import ConnectionRecord, NamespaceRecord, Store
 from proxy.upstream import ConnectionPool, UpstreamConfig
@@ -118,9 +124,12 @@ def _encode_cursor(connection_id: str) -> str:
 
 def _decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        value = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationFailed("cursor is not valid; pass the nextCursor of a previous page") from exc
+    if not CONNECTION_ID_RE.match(value):
+        raise ValidationFailed("cursor is not valid; pass the nextCursor of a previous page")
+    return value
 
 
 class Directory:
