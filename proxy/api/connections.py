@@ -25,7 +25,7 @@ def connection_json(record: ConnectionRecord) -> dict[str, Any]:
         "createdAt": iso(record.created_at),
         "updatedAt": iso(record.updated_at),
         "status": record.status or {"state": "connected"},
-        "serverInfo": record.server_info,
+        **({"serverInfo": record.server_info} if record.server_info else {}),
         "headerNames": list(record.header_names),
         **({"timeouts": record.timeouts} if record.timeouts else {}),
     }

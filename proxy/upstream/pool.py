@@ -80,6 +80,7 @@ class UpstreamSession:
         self._failures = 0
         self._retry_at = 0.0
         self._last_error = ""
+        self._last_kind: type[JunctionError] = UpstreamUnavailable
         self._transport_hint: str | None = None
         self.last_used = time.monotonic()
         self.server_info: dict[str, Any] | None = None
@@ -109,13 +110,13 @@ class UpstreamSession:
                 return live.client
             wait = self._retry_at - time.monotonic()
             if wait > 0:
-                raise UpstreamUnavailable(f"{self._last_error}; next attempt in {math.ceil(wait)} s")
+                raise self._last_kind(f"{self._last_error}; next attempt in {math.ceil(wait)} s")
             try:
                 with anyio.fail_after(self.config.connect_timeout):
                     await check_upstream_url(self.config.url, self._pool.allow_private)
                     self._live = await self._open()
             except JunctionError as exc:
-                await self._failed(exc.message)
+                await self._failed(exc.message, type(exc))
                 raise
             except Exception as exc:
                 message = describe_failure(exc)
@@ -130,7 +131,8 @@ class UpstreamSession:
             await self._set_state({"state": "connected"})
             return self._live.client
 
-    async def _failed(self, message: str) -> None:
+    async def _failed(self, message: str, kind: type[JunctionError] = UpstreamUnavailable) -> None:
+        self._last_kind = kind
         self._failures += 1
         backoff = min(self._pool.backoff_max, 0.5 * 2 ** (self._failures - 1))
         self._retry_at = time.monotonic() + (backoff if self._failures > 1 else 0.0)

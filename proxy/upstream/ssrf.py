@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from proxy.errors import UpstreamRefused, ValidationFailed
+from proxy.errors import UpstreamRefused, UpstreamUnavailable, ValidationFailed
 
 _METADATA = {
     ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack
@@ -59,7 +59,7 @@ async def check_upstream_url(url: str, allow_private: bool) -> None:
     try:
         infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        raise UpstreamRefused(f"cannot resolve upstream host {host!r}") from exc
+        raise UpstreamUnavailable(f"cannot resolve upstream host {host!r}") from exc
     for info in infos:
         ip = ipaddress.ip_address(info[4][0])
         kind = classify(ip)

@@ -1,0 +1,217 @@
+"""Node.js and Smithery's own npm clients, for tests that drive the gateway with them.
+
+The packages are pinned exactly and installed once into the git-ignored ``tests/.node/``; later runs
+reuse them (an exclusive file lock makes parallel first runs safe). Without ``node``/``npm`` or
+without registry access the tests that need them are skipped; set ``JUNCTION_REQUIRE_NODE=1`` to
+make that a failure instead (e.g. in CI, so a broken install can't pass as a skip).
+
+Every client runs under ``tests/js/fence.mjs``, which refuses requests to any origin but the gateway
+and logs each request, so a test can assert on what went over the wire.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+# Exact pins. @smithery/api >= 0.65.2 honours SMITHERY_CONNECT_BASE_URL; the `smithery` CLI 1.1.1
+# bundles @smithery/api 0.64.2, so SMITHERY_BASE_URL alone routes all of its calls.
+PACKAGES: dict[str, str] = {
+    "@smithery/api": "0.68.0",
+    # An optional peer dependency of @smithery/api, needed by `@smithery/api/mcp`.
+    "@modelcontextprotocol/sdk": "1.32.2",
+    "smithery": "1.1.1",
+}
+
+TESTS_DIR = Path(__file__).resolve().parent
+PREFIX = TESTS_DIR / ".node"
+JS_DIR = TESTS_DIR / "js"
+FENCE = JS_DIR / "fence.mjs"
+MIN_NODE = (20, 6)  # `node --import`; the smithery CLI itself wants >= 20
+INSTALL_TIMEOUT = 300.0
+
+# A module inside PREFIX, so `import()` of a bare specifier resolves from PREFIX/node_modules with
+# ESM conditions; scripts in tests/js/ load their packages through it.
+_LOADER = "export const load = (specifier) => import(specifier);\n"
+
+
+@dataclass
+class Run:
+    """A finished client process: exit code, output, and the HTTP requests it made."""
+
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """Everything useful for a failure message."""
+        wire = "\n".join(
+            f"  {r['method']} {r['path']} -> {r['status']}"
+            + (f" (mcp-session-id: {r['sessionId']})" if r.get("sessionId") else "")
+            for r in self.requests
+        )
+        return (
+            f"$ {' '.join(self.argv)}\nexit code {self.returncode}\n"
+            f"stdout:\n{self.stdout}\nstderr:\n{self.stderr}\nrequests:\n{wire}"
+        )
+
+    def json(self) -> Any:
+        """stdout parsed as JSON; fails the test with the whole story when that's impossible."""
+        try:
+            return json.loads(self.stdout)
+        except ValueError:
+            pytest.fail(f"expected JSON on stdout\n{self.describe()}")
+
+    def ok(self) -> Run:
+        """Fails the test unless the process exited 0."""
+        if self.returncode != 0:
+            pytest.fail(f"client failed\n{self.describe()}")
+        return self
+
+
+@dataclass(frozen=True)
+class Node:
+    """A usable ``node`` with the pinned packages installed under ``prefix``."""
+
+    node: str
+    prefix: Path
+
+    def script(self, name: str, *args: str, env: Mapping[str, str], timeout: float = 90.0) -> Run:
+        """Run ``tests/js/<name>`` (an ES module) under the fence."""
+        return self._run([str(JS_DIR / name), *args], env, timeout)
+
+    def smithery(self, *args: str, env: Mapping[str, str], timeout: float = 60.0) -> Run:
+        """Run the ``smithery`` CLI under the fence."""
+        meta = json.loads((self.prefix / "node_modules" / "smithery" / "package.json").read_text())
+        entry = meta["bin"]["smithery"] if isinstance(meta["bin"], dict) else meta["bin"]
+        return self._run([str(self.prefix / "node_modules" / "smithery" / entry), *args], env, timeout)
+
+    def _run(self, argv: list[str], env: Mapping[str, str], timeout: float) -> Run:
+        argv = [self.node, "--import", FENCE.as_uri(), *argv]
+        with tempfile.TemporaryDirectory(prefix="junction-node-") as tmp:
+            log = Path(tmp) / "requests.jsonl"
+            child_env = {k: v for k, v in os.environ.items() if not k.startswith("SMITHERY_")}
+            child_env |= {
+                "JUNCTION_NODE_PREFIX": str(self.prefix),
+                "JUNCTION_REQUEST_LOG": str(log),
+                # The CLI keeps settings (and would keep a login) here, not in the user's home.
+                "SMITHERY_CONFIG_PATH": str(Path(tmp) / "smithery-config"),
+                "NO_COLOR": "1",
+                **env,
+            }
+            try:
+                proc = subprocess.run(
+                    argv,
+                    env=child_env,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                )
+                run = Run(argv, proc.returncode, proc.stdout, proc.stderr)
+            except subprocess.TimeoutExpired as exc:
+                out, err = (s.decode() if isinstance(s, bytes) else s or "" for s in (exc.stdout, exc.stderr))
+                run = Run(argv, -1, out, err + f"\n[timed out after {timeout}s]")
+            if log.exists():
+                run.requests = [json.loads(line) for line in log.read_text().splitlines() if line]
+        if run.returncode == -1:
+            pytest.fail(f"client timed out\n{run.describe()}")
+        return run
+
+
+def _unavailable(reason: str) -> NoReturn:
+    if os.environ.get("JUNCTION_REQUIRE_NODE") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def installed_version(prefix: Path, package: str) -> str | None:
+    """The version of ``package`` under ``prefix/node_modules``, or None."""
+    try:
+        meta = json.loads((prefix / "node_modules" / package / "package.json").read_text())
+    except (OSError, ValueError):
+        return None
+    version = meta.get("version")
+    return version if isinstance(version, str) else None
+
+
+def _missing(prefix: Path, packages: Mapping[str, str]) -> dict[str, str]:
+    return {name: v for name, v in packages.items() if installed_version(prefix, name) != v}
+
+
+@contextlib.contextmanager
+def _install_lock(prefix: Path) -> Iterator[None]:
+    """An exclusive lock on ``prefix`` across processes (pytest-xdist workers, parallel runs)."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    with open(prefix / ".install.lock", "w") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no lock; npm install is idempotent, only slower if raced
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _node_version(node: str) -> tuple[int, int] | None:
+    try:
+        out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.match(r"v(\d+)\.(\d+)", out.strip())
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def ensure_node(packages: Mapping[str, str] = PACKAGES, prefix: Path = PREFIX) -> Node:
+    """Find ``node``/``npm`` and install ``packages`` into ``prefix`` unless already there.
+
+    Skips the calling test when Node.js is missing or too old, or when the install fails.
+    """
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        _unavailable("node and npm are needed to run Smithery's npm clients; not found on PATH")
+    version = _node_version(node)
+    if version is None or version < MIN_NODE:
+        found = "v{}.{}".format(*version) if version else "an unknown version"
+        _unavailable(f"Node.js >= {MIN_NODE[0]}.{MIN_NODE[1]} is needed, found {found} at {node}")
+
+    with _install_lock(prefix):
+        if _missing(prefix, packages):
+            specs = [f"{name}@{version}" for name, version in packages.items()]
+            argv = [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--save-exact"]
+            argv += ["--ignore-scripts", "--loglevel=error", *specs]
+            what = f"`npm install {' '.join(specs)}`"
+            try:
+                proc = subprocess.run(
+                    argv, capture_output=True, text=True, timeout=INSTALL_TIMEOUT, stdin=subprocess.DEVNULL
+                )
+            except subprocess.TimeoutExpired:
+                _unavailable(f"{what} took over {INSTALL_TIMEOUT:.0f}s (is the npm registry reachable?)")
+            except OSError as exc:
+                _unavailable(f"could not run npm: {exc}")
+            if proc.returncode != 0:
+                tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+                _unavailable(f"{what} failed (is the npm registry reachable?):\n{tail}")
+            still = _missing(prefix, packages)
+            if still:
+                _unavailable(f"npm install finished but these are not at their pinned versions: {still}")
+        loader = prefix / "load.mjs"
+        if not loader.exists() or loader.read_text() != _LOADER:
+            loader.write_text(_LOADER)
+    return Node(node=node, prefix=prefix)

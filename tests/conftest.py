@@ -1,0 +1,450 @@
+"""Fixtures that run real processes: upstream MCP servers (`tests/upstreams/server.py`) and the gateway.
+
+Upstreams
+    ``start_upstream(kind, **opts) -> Upstream`` starts a private server for one test (options become
+    flags: ``list_delay=3.0`` -> ``--list-delay 3.0``); ``modern_upstream``, ``legacy_upstream``,
+    ``sse_upstream``, ``dotted_upstream``, ``slow_upstream`` and ``paged_upstream`` are shared by the
+    whole session, so a test that stops or restarts a server must use the factory.
+
+Gateway
+    ``gateway`` is a fresh ``python -m proxy serve`` with its own data directory; ``start_gateway(**env)``
+    starts one with extra environment (a value of ``None`` removes the variable). Inherited ``JUNCTION_*``
+    variables are dropped and ``JUNCTION_CONFIG`` points at an empty file, so a developer's
+    ``config.toml`` or shell settings can't change what the tests see.
+
+Readiness is polled (TCP connect for upstreams, ``GET /health`` for the gateway) for up to
+``READY_TIMEOUT`` seconds; a process that dies or never gets ready fails the test with its log tail.
+When a test fails, the logs of the processes it started are attached to its report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import httpx2
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+LOG_TAIL_CHARS = 6000
+UPSTREAM_KINDS = ("modern", "legacy", "sse", "dotted", "slow", "paged")
+_SERIAL = itertools.count(1)  # distinct log file names
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when pytest dies, so a killed run leaves no servers behind (Linux)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def _tail(text: str, limit: int = LOG_TAIL_CHARS) -> str:
+    return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+class StartupError(Exception):
+    """A child process exited, or never became ready."""
+
+    def __init__(self, message: str, log: str) -> None:
+        super().__init__(message)
+        self.log = log
+
+
+class _Process:
+    """A child process whose stdout and stderr are appended to files (they survive restarts)."""
+
+    def __init__(self, name: str, log_dir: Path) -> None:
+        self.name = name
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.stdout_path = log_dir / f"{name}.stdout.log"
+        self.stderr_path = log_dir / f"{name}.stderr.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_start = 0  # where the current run's stderr begins
+        self._files: list[IO[bytes]] = []
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def spawn(self, argv: list[str], env: Mapping[str, str]) -> None:
+        assert not self.running, f"{self.name} is already running"
+        if self.proc is not None:
+            self.stop()  # an earlier run that exited by itself: close its log files
+        self.log_start = self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
+        out, err = self.stdout_path.open("ab"), self.stderr_path.open("ab")
+        self._files = [out, err]
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            preexec_fn=_die_with_parent,
+        )
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, then SIGKILL if it hasn't exited within ``timeout`` seconds."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+        for f in self._files:
+            f.close()
+        self._files = []
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+    def wait_ready(self, probe: Callable[[], bool], what: str) -> None:
+        """Poll ``probe`` until it is true; raise `StartupError` if the process exits or time runs out."""
+        assert self.proc is not None
+        deadline = time.monotonic() + READY_TIMEOUT
+        delay = 0.02
+        while not probe():
+            code = self.proc.poll()
+            if code is not None or time.monotonic() > deadline:
+                self.stop()
+                log = self.stderr_path.read_bytes()[self.log_start :].decode(errors="replace")
+                problem = (
+                    f"exited with {code}" if code is not None else f"timed out after {READY_TIMEOUT:.0f} s"
+                )
+                raise StartupError(f"{self.name} {problem} waiting for {what}; stderr:\n{_tail(log)}", log)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+# --- upstream MCP servers -----------------------------------------------------------------------
+
+
+class Upstream:
+    """One `tests/upstreams/server.py` process. ``url`` is its MCP endpoint (``/sse`` for kind sse)."""
+
+    def __init__(self, kind: str, log_dir: Path, **opts: Any) -> None:
+        if kind not in UPSTREAM_KINDS:
+            raise ValueError(f"unknown upstream kind {kind!r}")
+        self.kind = kind
+        self.opts = opts
+        self.port = free_port()
+        self._process = _Process(f"upstream-{kind}-{next(_SERIAL)}", log_dir)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.base_url + ("/sse" if self.kind == "sse" else "/mcp")
+
+    @property
+    def running(self) -> bool:
+        return self._process.running
+
+    def _argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "tests.upstreams.server", "--kind", self.kind, "--port", str(self.port)]
+        for key, value in self.opts.items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        return argv
+
+    def spawn(self) -> Upstream:
+        """Start the process without waiting for it; `start` or `launch` then waits."""
+        if self._process.proc is None:
+            self._process.spawn(self._argv(), os.environ)
+        return self
+
+    def _start(self) -> Upstream:
+        self.spawn()
+        self._process.wait_ready(lambda: _port_open(self.port), f"a listener on port {self.port}")
+        return self
+
+    def start(self) -> Upstream:
+        """Start serving on ``self.port`` and wait until it accepts connections."""
+        if not self.running:
+            self._process.stop()  # forget a run that died by itself
+        try:
+            return self._start()
+        except StartupError as exc:
+            error = str(exc)
+        pytest.fail(error, pytrace=False)
+
+    def launch(self, attempts: int = 3) -> Upstream:
+        """Like `start`, but if the port picked by `free_port` was taken meanwhile, try another one."""
+        for attempt in range(attempts):
+            try:
+                return self._start()
+            except StartupError as exc:
+                error, retry = str(exc), "address already in use" in exc.log.lower()
+            if not retry or attempt == attempts - 1:
+                pytest.fail(error, pytrace=False)
+            self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        """Terminate the server (open connections drop); `start` serves on the same port again."""
+        self._process.stop()
+
+    def restart(self) -> Upstream:
+        """Stop and start again on the same port; all sessions are forgotten."""
+        self.stop()
+        return self.start()
+
+    def logs(self) -> str:
+        return self._process.stdout() + self._process.stderr()
+
+    def __repr__(self) -> str:
+        return f"Upstream(kind={self.kind!r}, url={self.url!r}, running={self.running})"
+
+
+# --- the gateway --------------------------------------------------------------------------------
+
+
+class Gateway:
+    """A `python -m proxy serve` process on 127.0.0.1 with its own data directory."""
+
+    def __init__(self, root: Path, **env: str | None) -> None:
+        self.port = free_port()
+        self.data_dir = root / "data"
+        # Hermetic: no inherited JUNCTION_* settings, and an empty config file instead of ./config.toml.
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "config.toml").write_text("")
+        self.env: dict[str, str] = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("JUNCTION_")},
+            "JUNCTION_CONFIG": str(root / "config.toml"),
+            "JUNCTION_DATA_DIR": str(self.data_dir),
+            "JUNCTION_ADMIN_KEY": "test-admin-" + secrets.token_urlsafe(24),
+            "JUNCTION_ALLOW_PRIVATE_UPSTREAMS": "1",
+            "JUNCTION_LOG_LEVEL": "warning",
+        }
+        for key, value in env.items():
+            if value is None:
+                self.env.pop(key, None)
+            else:
+                self.env[key] = value
+        self._process = _Process(f"gateway-{next(_SERIAL)}", root / "logs")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_key(self) -> str:
+        """The configured key, or the one the gateway generated into ``data_dir/admin.key``."""
+        key = self.env.get("JUNCTION_ADMIN_KEY", "")
+        if not key and (self.data_dir / "admin.key").is_file():
+            key = (self.data_dir / "admin.key").read_text().strip()
+        return key
+
+    @property
+    def running(self) -> bool:
+        return self._process.running
+
+    def start(self, attempts: int = 1) -> Gateway:
+        """Start and wait for ``GET /health``; with ``attempts`` > 1, move to a new port if the port is taken."""
+        for attempt in range(attempts):
+            self._process.spawn(self.command(), self.env)
+            try:
+                self._process.wait_ready(self._healthy, "200 from GET /health")
+                return self
+            except StartupError as exc:
+                error, retry = str(exc), "address already in use" in exc.log.lower()
+            if not retry or attempt == attempts - 1:
+                pytest.fail(error, pytrace=False)
+            self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "proxy", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx2.get(self.url + "/health", timeout=1.0, trust_env=False).status_code == 200
+        except httpx2.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        self._process.stop()
+
+    def restart(self) -> Gateway:
+        """Stop and start again: same port, same data directory, same environment."""
+        self.stop()
+        return self.start()
+
+    def client(self, **kwargs: Any) -> httpx2.Client:
+        """An HTTP client on ``url`` authenticated with the admin key (use it in a ``with`` block)."""
+        headers = {"Authorization": f"Bearer {self.admin_key}", **kwargs.pop("headers", {})}
+        kwargs.setdefault("timeout", 30.0)
+        return httpx2.Client(base_url=self.url, headers=headers, **kwargs)
+
+    def mcp_url(self, ns: str, conn: str | None = None) -> str:
+        return f"{self.url}/mcp/{ns}" + (f"/{conn}" if conn else "")
+
+    def logs(self) -> str:
+        """Everything the process wrote to stdout and stderr, across restarts."""
+        return self._process.stdout() + self._process.stderr()
+
+    def stderr(self) -> str:
+        return self._process.stderr()
+
+    def __repr__(self) -> str:
+        return f"Gateway(url={self.url!r}, data_dir={str(self.data_dir)!r}, running={self.running})"
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+# Processes started by the factories for the current test; their logs go into its report if it fails.
+_STARTED = pytest.StashKey[list["Upstream | Gateway"]]()
+
+
+def _track(request: pytest.FixtureRequest, process: Upstream | Gateway) -> None:
+    request.node.stash.setdefault(_STARTED, []).append(process)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if report.failed:
+        # Factory-made processes, plus shared upstreams the test asked for (their logs are shared too).
+        funcargs = getattr(item, "funcargs", {}).values()
+        processes = item.stash.get(_STARTED, []) + [v for v in funcargs if isinstance(v, Upstream | Gateway)]
+        for process in dict.fromkeys(processes):
+            text = process.logs()
+            if text.strip():
+                report.sections.append((f"{process!r} log", _tail(text)))
+    return report
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def start_upstream(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Upstream]]:
+    """``start_upstream(kind, **opts)``: a private upstream for this test, stopped at teardown."""
+    started: list[Upstream] = []
+
+    def start(kind: str, **opts: Any) -> Upstream:
+        upstream = Upstream(kind, tmp_path / "upstream-logs", **opts)
+        started.append(upstream)
+        _track(request, upstream)
+        return upstream.launch()
+
+    yield start
+    for upstream in started:
+        upstream.stop()
+
+
+@pytest.fixture(scope="session")
+def _upstream_pool(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Upstream]]:
+    """The session's shared upstreams, one per kind.
+
+    Every kind whose ``<kind>_upstream`` fixture a collected test names is spawned up front, so the
+    servers boot in parallel; each fixture then waits only for its own.
+    """
+    log_dir = tmp_path_factory.getbasetemp() / "shared-upstream-logs"
+    wanted = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    pool = {kind: Upstream(kind, log_dir).spawn() for kind in UPSTREAM_KINDS if f"{kind}_upstream" in wanted}
+    yield pool
+    for upstream in pool.values():
+        upstream.stop()
+
+
+def _shared(pool: dict[str, Upstream], kind: str, factory: pytest.TempPathFactory) -> Upstream:
+    if kind not in pool:  # e.g. asked for through request.getfixturevalue()
+        pool[kind] = Upstream(kind, factory.getbasetemp() / "shared-upstream-logs")
+    return pool[kind].launch()
+
+
+@pytest.fixture(scope="session")
+def modern_upstream(
+    _upstream_pool: dict[str, Upstream], tmp_path_factory: pytest.TempPathFactory
+) -> Upstream:
+    return _shared(_upstream_pool, "modern", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def legacy_upstream(
+    _upstream_pool: dict[str, Upstream], tmp_path_factory: pytest.TempPathFactory
+) -> Upstream:
+    return _shared(_upstream_pool, "legacy", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def sse_upstream(_upstream_pool: dict[str, Upstream], tmp_path_factory: pytest.TempPathFactory) -> Upstream:
+    return _shared(_upstream_pool, "sse", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def dotted_upstream(
+    _upstream_pool: dict[str, Upstream], tmp_path_factory: pytest.TempPathFactory
+) -> Upstream:
+    return _shared(_upstream_pool, "dotted", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def slow_upstream(_upstream_pool: dict[str, Upstream], tmp_path_factory: pytest.TempPathFactory) -> Upstream:
+    return _shared(_upstream_pool, "slow", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def paged_upstream(_upstream_pool: dict[str, Upstream], tmp_path_factory: pytest.TempPathFactory) -> Upstream:
+    return _shared(_upstream_pool, "paged", tmp_path_factory)
+
+
+@pytest.fixture
+def start_gateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    """``start_gateway(**env)``: a gateway for this test with extra environment, stopped at teardown."""
+    started: list[Gateway] = []
+
+    def start(**env: str | None) -> Gateway:
+        root = tmp_path / f"gateway-{len(started)}"
+        gateway = Gateway(root, **env)
+        started.append(gateway)
+        _track(request, gateway)
+        return gateway.start(attempts=3)
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture
+def gateway(start_gateway: Callable[..., Gateway]) -> Gateway:
+    """A fresh gateway with default test settings."""
+    return start_gateway()

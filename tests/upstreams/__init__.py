@@ -1,0 +1,1 @@
+"""Real upstream MCP servers for the gateway's tests (see `server.py`)."""

@@ -1,0 +1,308 @@
+"""Real upstream MCP servers for the gateway's tests, one kind per process.
+
+    python -m tests.upstreams.server --kind KIND --port PORT [--list-delay SECONDS]
+
+run from the repository root; it serves on 127.0.0.1:PORT until SIGTERM. Kinds:
+
+- ``modern``  Streamable HTTP at ``/mcp`` through the SDK's dual-era manager (2026-07-28 and
+  2025-era clients). Tools ``echo``, ``add`` (structured output), ``fail`` (``is_error``),
+  ``headers`` (echoes a request header back) and ``sleep``.
+- ``legacy``  the same tools at ``/mcp``, but it answers modern requests the way a 2025-era server
+  does (400 "Bad Request: Missing session ID"), so auto-negotiating clients fall back to
+  ``initialize`` and land on 2025-11-25.
+- ``sse``     the same tools over the deprecated HTTP+SSE transport: GET ``/sse``, POST ``/messages/``.
+- ``dotted``  tools with dotted names, a ``repo_search`` that collides with ``repo.search`` once
+  dots become underscores, and one 100-character name.
+- ``slow``    ``tools/list`` sleeps ``--list-delay`` seconds (default 0.1); tools ``echo``, ``sleep``.
+- ``paged``   25 tools ``t00``..``t24``, listed 10 per page with ``next_cursor``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import uvicorn
+from mcp.server import Server, ServerRequestContext
+from mcp.server.sse import SseServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import (
+    CallToolRequestParams,
+    CallToolResult,
+    ListToolsResult,
+    PaginatedRequestParams,
+    TextContent,
+    Tool,
+)
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+KINDS = ("modern", "legacy", "sse", "dotted", "slow", "paged")
+# The protocol revisions a 2025-era server knows (all of them negotiated through `initialize`).
+HANDSHAKE_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
+# Letters and dots only, exactly 100 characters.
+LONG_NAME = "abcdefghi." * 9 + "abcdefghij"
+PAGE_SIZE = 10
+NO_SECURITY = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+
+Args = dict[str, Any]
+Handler = Callable[[ServerRequestContext[Any], Args], Awaitable[CallToolResult]]
+
+
+def _text(text: str, *, is_error: bool = False, structured: dict[str, Any] | None = None) -> CallToolResult:
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)], structured_content=structured, is_error=is_error
+    )
+
+
+def _schema(required: bool = True, **properties: str) -> dict[str, Any]:
+    """An object input schema whose properties have the given JSON types."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {name: {"type": kind} for name, kind in properties.items()},
+    }
+    if required and properties:
+        schema["required"] = list(properties)
+    return schema
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    tool: Tool
+    handler: Handler
+
+
+def _spec(
+    name: str, description: str, handler: Handler, input_schema: dict[str, Any], **extra: Any
+) -> ToolSpec:
+    return ToolSpec(Tool(name=name, description=description, input_schema=input_schema, **extra), handler)
+
+
+# --- tool handlers -------------------------------------------------------------------------------
+
+
+async def _echo(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+    return _text(str(args.get("text", "")))
+
+
+async def _add(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+    total = args.get("a", 0) + args.get("b", 0)
+    return _text(str(total), structured={"sum": total})
+
+
+async def _fail(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+    return _text("boom", is_error=True)
+
+
+async def _headers(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+    request = ctx.request
+    value = request.headers.get(str(args.get("name", "")), "") if isinstance(request, Request) else ""
+    return _text(value)
+
+
+async def _sleep(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+    await anyio.sleep(float(args.get("seconds", 0)))
+    return _text("slept")
+
+
+def _prefixed(prefix: str, key: str) -> Handler:
+    async def handler(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+        return _text(prefix + str(args.get(key, "")))
+
+    return handler
+
+
+def _constant(text: str) -> Handler:
+    async def handler(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+        return _text(text)
+
+    return handler
+
+
+async def _create_issue(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+    title = str(args.get("title", ""))
+    return _text(f"created:{title}", structured={"created": title})
+
+
+# --- tool sets -----------------------------------------------------------------------------------
+
+ECHO = _spec("echo", "Echo the text back", _echo, _schema(text="string"))
+SLEEP = _spec("sleep", "Sleep for some seconds, then answer 'slept'", _sleep, _schema(seconds="number"))
+STANDARD = [
+    ECHO,
+    _spec(
+        "add",
+        "Add two numbers",
+        _add,
+        _schema(a="number", b="number"),
+        output_schema={"type": "object", "properties": {"sum": {"type": "number"}}, "required": ["sum"]},
+    ),
+    _spec("fail", "Always fails with 'boom'", _fail, _schema()),
+    _spec(
+        "headers",
+        "The value of an HTTP request header as this server saw it",
+        _headers,
+        _schema(name="string"),
+    ),
+    SLEEP,
+]
+DOTTED = [
+    _spec("repo.search", "Search repositories", _prefixed("search:", "query"), _schema(query="string")),
+    _spec("repo.get", "Get a repository", _prefixed("get:", "name"), _schema(name="string")),
+    _spec(
+        "issues.create",
+        "Create an issue",
+        _create_issue,
+        _schema(title="string"),
+        output_schema={
+            "type": "object",
+            "properties": {"created": {"type": "string"}},
+            "required": ["created"],
+        },
+    ),
+    _spec("plain", "A tool without a dot", _constant("plain"), _schema()),
+    _spec(
+        "repo_search",
+        "Collides with repo.search under a safe-name mapping",
+        _prefixed("repo_search:", "query"),
+        _schema(query="string"),
+    ),
+    _spec(LONG_NAME, "A tool with a 100-character name", _constant("long"), _schema()),
+]
+PAGED = [_spec(f"t{i:02d}", f"Paged tool {i}", _constant(f"t{i:02d}"), _schema()) for i in range(25)]
+TOOLS: dict[str, list[ToolSpec]] = {
+    "modern": STANDARD,
+    "legacy": STANDARD,
+    "sse": STANDARD,
+    "dotted": DOTTED,
+    "slow": [ECHO, SLEEP],
+    "paged": PAGED,
+}
+
+
+def build_server(kind: str, list_delay: float = 0.0) -> Server[Any]:
+    specs = TOOLS[kind]
+    handlers = {spec.tool.name: spec.handler for spec in specs}
+    tools = [spec.tool for spec in specs]
+    page_size = PAGE_SIZE if kind == "paged" else len(tools)
+
+    async def list_tools(
+        ctx: ServerRequestContext[Any], params: PaginatedRequestParams | None
+    ) -> ListToolsResult:
+        if list_delay > 0:
+            await anyio.sleep(list_delay)
+        start = int(params.cursor) if params is not None and params.cursor else 0
+        end = start + page_size
+        return ListToolsResult(tools=tools[start:end], next_cursor=str(end) if end < len(tools) else None)
+
+    async def call_tool(ctx: ServerRequestContext[Any], params: CallToolRequestParams) -> CallToolResult:
+        handler = handlers.get(params.name)
+        if handler is None:
+            return _text(f"unknown tool {params.name}", is_error=True)
+        return await handler(ctx, dict(params.arguments or {}))
+
+    return Server(f"test-{kind}", version="1.0.0", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+# --- transports ----------------------------------------------------------------------------------
+
+
+class LegacyOnly:
+    """Answer modern (2026-07-28+) requests the way a 2025-era Streamable HTTP server does.
+
+    Such a server routes on the session id first: a request that isn't `initialize` and carries no
+    `Mcp-Session-Id` gets 400 "Missing session ID"; with a session id, an unknown
+    `MCP-Protocol-Version` gets 400 "Unsupported protocol version". Neither is a recognised modern
+    error, so a dual-era client falls back to the `initialize` handshake.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            version = headers.get("mcp-protocol-version")
+            if version is not None and version not in HANDSHAKE_VERSIONS:
+                if "mcp-session-id" in headers:
+                    supported = ", ".join(sorted(HANDSHAKE_VERSIONS))
+                    message = f"Bad Request: Unsupported protocol version: {version}. Supported versions: {supported}"
+                else:
+                    message = "Bad Request: Missing session ID"
+                body = {"jsonrpc": "2.0", "id": "server-error", "error": {"code": -32600, "message": message}}
+                await JSONResponse(body, status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _streamable_http_app(server: Server[Any], *, legacy_only: bool) -> Starlette:
+    manager = StreamableHTTPSessionManager(app=server, security_settings=NO_SECURITY)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with manager.run():
+            yield
+
+    endpoint: ASGIApp = StreamableHTTPASGIApp(manager)
+    if legacy_only:
+        endpoint = LegacyOnly(endpoint)
+    return Starlette(routes=[Route("/mcp", endpoint=endpoint)], lifespan=lifespan)
+
+
+def _sse_app(server: Server[Any]) -> Starlette:
+    transport = SseServerTransport("/messages/", security_settings=NO_SECURITY)
+
+    async def handle_sse(request: Request) -> Response:
+        async with transport.connect_sse(request.scope, request.receive, request._send) as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+        return Response()  # the SSE response has already been sent; this only satisfies Starlette
+
+    return Starlette(
+        routes=[
+            Route("/sse", endpoint=handle_sse, methods=["GET"]),
+            Mount("/messages/", app=transport.handle_post_message),
+        ]
+    )
+
+
+def build_app(kind: str, list_delay: float | None = None) -> Starlette:
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    delay = list_delay if list_delay is not None else (0.1 if kind == "slow" else 0.0)
+    server = build_server(kind, delay)
+    if kind == "sse":
+        return _sse_app(server)
+    return _streamable_http_app(server, legacy_only=kind == "legacy")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.upstreams.server", description="Run one test upstream MCP server."
+    )
+    parser.add_argument("--kind", required=True, choices=KINDS)
+    parser.add_argument("--port", required=True, type=int)
+    parser.add_argument(
+        "--list-delay", type=float, default=None, help="seconds tools/list sleeps (slow: 0.1)"
+    )
+    args = parser.parse_args(argv)
+    config = uvicorn.Config(
+        build_app(args.kind, args.list_delay),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=1,  # open SSE/GET streams must not hold up a test's stop()
+    )
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()
