@@ -295,3 +295,16 @@ def test_per_connection_endpoint_refuses_get(gateway, modern_upstream, path: str
         ns = _ns(client)
         client.put(f"/{ns}/m", json={"mcpUrl": modern_upstream.url})
         assert client.get(path).status_code == 405
+
+
+def test_an_upstream_that_is_not_mcp_gets_a_clear_error(gateway) -> None:  # type: ignore[no-untyped-def]
+    with gateway.client() as client:
+        ns = _ns(client)
+        # The gateway's own health route answers JSON, but not MCP.
+        response = client.put(f"/{ns}/garbage", json={"mcpUrl": gateway.url + "/health"})
+        assert response.status_code == 201
+        status = response.json()["status"]
+        assert status["state"] == "error" and "does not speak MCP" in status["message"]
+        listing = client.get(f"/{ns}/garbage/.tools")
+        assert listing.status_code == 502 and listing.json()["error"] == "upstream_unavailable"
+        assert client.get("/health").status_code == 200  # and everyone else is still served
