@@ -94,6 +94,7 @@ class NamespaceMCP:
                 return
             if await gw.fast_path.handle(scope, body, send, namespace, caller):
                 return
+            send = gw.fast_path.watch_initialize(body, send)
             receive = _replay(body, receive)
         await gw.session_manager.handle_request(scope, receive, send)
 
@@ -231,7 +232,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 catalog=catalog,
                 passthrough=Passthrough(),
                 session_manager=manager,
-                fast_path=ToolCallFastPath(manager, catalog),
+                fast_path=ToolCallFastPath(manager, catalog, directory, settings),
             )
             tg.start_soon(pool.run_reaper, min(60.0, settings.session_idle_timeout))
             try:

@@ -5,6 +5,7 @@ Used by the namespace MCP endpoint and by `GET /{ns}/.tools`, so both see the sa
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,8 @@ class Catalog:
     def __init__(self, directory: Directory):
         self._directory = directory
         self._maps: dict[str, NameMap] = {}
+        self._map_signatures: dict[str, tuple[Any, ...]] = {}
+        self._lists: dict[tuple[str, str], tuple[Any, list[dict[str, Any]], bytes]] = {}
 
     async def visible(self, namespace: str, principal: Principal) -> list[ConnectionRecord]:
         return [
@@ -48,6 +51,11 @@ class Catalog:
         """Ask every visible connection for its tools at once; each has its own deadline."""
         records = await self.visible(namespace, principal)
         results = [ConnectionTools(record=r) for r in records]
+        missing: list[ConnectionTools] = []
+        for item in results:
+            item.tools = self._directory.upstream_for(item.record).cached_tools()
+            if item.tools is None:
+                missing.append(item)
 
         async def one(item: ConnectionTools) -> None:
             session = self._directory.upstream_for(item.record)
@@ -59,34 +67,82 @@ class Catalog:
                 log.exception("listing tools of %s/%s failed", namespace, item.record.connection_id)
                 item.error = UpstreamError(f"listing tools failed ({type(exc).__name__})")
 
-        async with anyio.create_task_group() as tg:
-            for item in results:
-                tg.start_soon(one, item)
-        self._rebuild(namespace)
+        if missing:  # only the connections without a fresh cached list cost I/O
+            async with anyio.create_task_group() as tg:
+                for item in missing:
+                    tg.start_soon(one, item)
+        self._name_map(namespace)
         return results
 
-    def _rebuild(self, namespace: str) -> NameMap:
-        refs: list[Ref] = []
+    def _name_map(self, namespace: str) -> NameMap:
+        """The namespace's name map, rebuilt only when some connection's tool list changed."""
+        lists, versions = [], []
         for record in self._directory.cached_connections(namespace):
             session = self._directory.upstream_for(record)
-            for tool in session.cached_tools() or ():
-                refs.append((record.connection_id, tool.name))
+            tools = session.cached_tools()
+            lists.append((record.connection_id, tools))
+            versions.append((record.connection_id, session.tools_version if tools is not None else 0))
+        signature = tuple(versions)
+        current = self._maps.get(namespace)
+        if current is not None and self._map_signatures.get(namespace) == signature:
+            return current
+        refs: list[Ref] = [(cid, tool.name) for cid, tools in lists for tool in tools or ()]
         name_map = NameMap(refs)
         self._maps[namespace] = name_map
+        self._map_signatures[namespace] = signature
         return name_map
+
+    async def tool_dicts(
+        self, namespace: str, principal: Principal, style: NameStyle
+    ) -> list[dict[str, Any]]:
+        """Every visible tool under its exposed name, as JSON-ready dicts in a stable order (cached)."""
+        gathered = await self.gather(namespace, principal)
+        name_map = self._maps[namespace]
+        signature = (
+            self._map_signatures[namespace],
+            tuple(
+                (
+                    i.record.connection_id,
+                    self._directory.upstream_for(i.record).tools_version if i.tools else 0,
+                )
+                for i in gathered
+            ),
+        )
+        cached = self._lists.get((namespace, style))
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        return self._render(namespace, style, signature, gathered, name_map)[0]
+
+    async def tools_json(self, namespace: str, principal: Principal, style: NameStyle) -> bytes:
+        """`tool_dicts` already serialized as a JSON array (cached with it)."""
+        tools = await self.tool_dicts(namespace, principal, style)
+        cached = self._lists[(namespace, style)]
+        if cached[1] is tools:
+            return cached[2]
+        return json.dumps(tools, separators=(",", ":")).encode()
+
+    def _render(
+        self,
+        namespace: str,
+        style: NameStyle,
+        signature: Any,
+        gathered: list[ConnectionTools],
+        name_map: NameMap,
+    ) -> tuple[list[dict[str, Any]], bytes]:
+        out: list[dict[str, Any]] = []
+        for item in gathered:
+            for tool in item.tools or ():
+                data = tool.model_dump(mode="json", by_alias=True, exclude_none=True)
+                data["name"] = name_map.exposed((item.record.connection_id, tool.name), style)
+                out.append(data)
+        out.sort(key=lambda t: t["name"])
+        encoded = json.dumps(out, separators=(",", ":")).encode()
+        self._lists[(namespace, style)] = (signature, out, encoded)
+        return out, encoded
 
     async def tools(self, namespace: str, principal: Principal, style: NameStyle) -> list[types.Tool]:
         """Every visible tool of the namespace under its exposed name, in a stable order."""
-        gathered = await self.gather(namespace, principal)
-        name_map = self._maps[namespace]
-        out: list[types.Tool] = []
-        for item in gathered:
-            for tool in item.tools or ():
-                ref = (item.record.connection_id, tool.name)
-                exposed = name_map.exposed(ref, style)
-                out.append(tool.model_copy(update={"name": exposed}))
-        out.sort(key=lambda t: t.name)
-        return out
+        return [types.Tool.model_validate(t) for t in await self.tool_dicts(namespace, principal, style)]
 
     async def resolve(self, namespace: str, principal: Principal, name: str) -> tuple[ConnectionRecord, str]:
         """The connection and upstream tool behind an exposed name, in either form."""
@@ -117,3 +173,6 @@ class Catalog:
 
     def forget(self, namespace: str) -> None:
         self._maps.pop(namespace, None)
+        self._map_signatures.pop(namespace, None)
+        for key in [k for k in self._lists if k[0] == namespace]:
+            del self._lists[key]

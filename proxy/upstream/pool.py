@@ -8,6 +8,7 @@ Nothing here reads the database: configs are handed in by the caller.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -37,6 +38,7 @@ from proxy.upstream.ssrf import check_upstream_url
 log = logging.getLogger("junction.upstream")
 
 MAX_TOOL_PAGES = 50
+_versions = itertools.count(1)
 Key = tuple[str, str]
 StateListener = Callable[[Key, dict[str, Any], dict[str, Any] | None], Awaitable[None]]
 ToolsChangedListener = Callable[[Key], None]
@@ -89,6 +91,8 @@ class UpstreamSession:
         self._tools: list[types.Tool] | None = None
         self._tools_at = 0.0
         self._tools_inflight: anyio.Event | None = None
+        # Changes whenever the cached list does; lets callers cache what they derive from it.
+        self.tools_version = next(_versions)
         # Tools whose calls must mirror arguments into Mcp-Param-* headers: the SDK does that.
         self._header_tools: frozenset[str] = frozenset()
         self._tools_error: JunctionError | None = None
@@ -268,6 +272,7 @@ class UpstreamSession:
 
     def invalidate_tools(self) -> None:
         self._tools = None
+        self.tools_version = next(_versions)
         self._pool.tools_changed(self.key)
 
     # requests
@@ -361,6 +366,7 @@ class UpstreamSession:
         try:
             tools = await self._with_retry(walk, self.config.list_timeout, "listing tools")
             self._tools, self._tools_at, self._tools_error = tools, time.monotonic(), None
+            self.tools_version = next(_versions)
             self._header_tools = frozenset(t.name for t in tools if uses_mcp_headers(t.input_schema))
         except JunctionError as exc:
             self._tools_error = exc
