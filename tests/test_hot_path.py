@@ -60,3 +60,22 @@ async def test_tool_calls_do_not_touch_the_store(modern_upstream, tmp_path: Path
             tg.cancel_scope.cancel()
     finally:
         await store.close()
+
+
+@pytest.mark.anyio
+async def test_idle_sessions_close_and_reconnect_on_next_use(modern_upstream) -> None:  # type: ignore[no-untyped-def]
+    from proxy.upstream import UpstreamConfig
+
+    async with anyio.create_task_group() as tg:
+        pool = ConnectionPool(tg, allow_private=True, tools_ttl=300, idle_timeout=0.2)
+        session = pool.session(("ns", "m"), UpstreamConfig(url=modern_upstream.url))
+        first = await session.call_tool("echo", {"text": "a"})
+        assert first["content"][0]["text"] == "a" and session.connected
+        assert await pool.close_idle() == 0  # just used
+        session.last_used -= 1.0  # as if a second had passed without use
+        assert await pool.close_idle() == 1
+        assert not session.connected
+        again = await session.call_tool("echo", {"text": "b"})
+        assert again["content"][0]["text"] == "b" and session.connected
+        await pool.aclose()
+        tg.cancel_scope.cancel()
