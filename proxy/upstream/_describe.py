@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import aiohttp
 import httpx2
 from mcp.shared.exceptions import MCPError
+
+from proxy.upstream._http1 import ConnectionLost, RequestNotSent
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -19,19 +20,17 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 def describe_failure(exc: BaseException) -> str:
     """A short, credential-free reason for an upstream failure."""
     for leaf in _leaves(exc):
-        if isinstance(leaf, httpx2.ConnectError | aiohttp.ClientConnectorError):
+        if isinstance(leaf, httpx2.ConnectError | RequestNotSent):
             return "cannot connect to the upstream server (connection refused or host unreachable)"
         if isinstance(leaf, httpx2.TimeoutException | TimeoutError):
             return "the upstream server did not answer in time"
         if isinstance(leaf, httpx2.HTTPStatusError):
             return f"the upstream server answered HTTP {leaf.response.status_code}"
-        if isinstance(
-            leaf, httpx2.RemoteProtocolError | aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError
-        ):
+        if isinstance(leaf, httpx2.RemoteProtocolError | ConnectionLost | ConnectionResetError):
             return "the upstream server closed the connection or broke the HTTP protocol"
         if isinstance(leaf, MCPError):
             return f"the upstream server returned an MCP error: {leaf.error.message[:300]}"
-        if isinstance(leaf, httpx2.HTTPError | aiohttp.ClientError):
+        if isinstance(leaf, httpx2.HTTPError | OSError):
             return f"HTTP error talking to the upstream server ({type(leaf).__name__})"
     leaf = _leaves(exc)[0]
     name = type(leaf).__name__

@@ -1,12 +1,11 @@
 """The forwarding fast path for `tools/call` over Streamable HTTP.
 
 The SDK client costs more CPU per call than the rest of the gateway together (typed messages,
-memory streams, a task per POST, and httpx2 at about 1.5 ms of CPU per request on a 2-core
-machine against 0.46 ms for aiohttp; see bench/RESULTS.md). A tool call is one JSON-RPC request
-whose result we hand on unchanged, so once the SDK has done the handshake we POST it ourselves,
-in the same upstream session (its `Mcp-Session-Id` and negotiated version), with aiohttp, and
-read the answer as raw JSON. Anything unusual (tools using `x-mcp-header`, the SSE transport)
-stays on the SDK.
+memory streams, a task per POST, and httpx2). A tool call is one JSON-RPC request whose result
+we hand on unchanged, so once the SDK has done the handshake we POST it ourselves, in the same
+upstream session (its `Mcp-Session-Id` and negotiated version), on a lean keep-alive connection
+(`_http1`), and read the answer as raw JSON. Anything unusual (tools using `x-mcp-header`, the
+SSE transport) stays on the SDK.
 """
 
 from __future__ import annotations
@@ -14,14 +13,15 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 from mcp.shared.exceptions import MCPError
 from mcp_types.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from proxy import __version__
+from proxy.upstream._http1 import Http1Pool, Response
 
 _ids = itertools.count(1)
 _CLIENT_INFO = {"name": "mcp-junction", "version": __version__}
@@ -42,22 +42,27 @@ def uses_mcp_headers(schema: Any) -> bool:
 class FastLane:
     """Raw `tools/call` on an upstream session the SDK already initialized."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, protocol_version: str, session_id: str | None):
+    def __init__(self, http: Http1Pool, protocol_version: str, session_id: str | None):
         self.http = http
-        self.url = url
         self.protocol_version = protocol_version
         self.modern = protocol_version in MODERN_PROTOCOL_VERSIONS
         self.session_id = session_id
 
-    async def call_tool(self, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
-        """The upstream's raw result object; its JSON-RPC error as `MCPError`."""
-        request_id = f"j{next(_ids)}"
-        params: dict[str, Any] = {"name": name, "arguments": arguments or {}}
+    def _headers(self) -> dict[str, str]:
         headers = {
             "accept": "application/json, text/event-stream",
             "content-type": "application/json",
             "mcp-protocol-version": self.protocol_version,
         }
+        if self.session_id and not self.modern:
+            headers["mcp-session-id"] = self.session_id
+        return headers
+
+    async def call_tool(self, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
+        """The upstream's raw result object; its JSON-RPC error as `MCPError`."""
+        request_id = f"j{next(_ids)}"
+        params: dict[str, Any] = {"name": name, "arguments": arguments or {}}
+        headers = self._headers()
         if self.modern:
             params["_meta"] = {
                 "io.modelcontextprotocol/protocolVersion": self.protocol_version,
@@ -66,10 +71,8 @@ class FastLane:
             }
             headers["mcp-method"] = "tools/call"
             headers["mcp-name"] = header_value(name)
-        elif self.session_id:
-            headers["mcp-session-id"] = self.session_id
         body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params})
-        async with self.http.post(self.url, data=body, headers=headers) as response:
+        async with self.http.post(headers, body.encode()) as response:
             content_type = response.headers.get("content-type", "").lower()
             if content_type.startswith("text/event-stream") and response.status == 200:
                 async for data in _sse_data(response):
@@ -100,24 +103,27 @@ class FastLane:
             "id": request_id,
             "error": {"code": METHOD_NOT_FOUND, "message": f"{method} is not relayed on this call"},
         }
-        headers = {"content-type": "application/json", "mcp-protocol-version": self.protocol_version}
-        if self.session_id:
-            headers["mcp-session-id"] = self.session_id
-        async with self.http.post(self.url, data=json.dumps(reply), headers=headers) as response:
+        async with self.http.post(self._headers(), json.dumps(reply).encode()) as response:
             await response.read()
 
 
-async def _sse_data(response: aiohttp.ClientResponse) -> Any:
+async def _sse_data(response: Response) -> AsyncIterator[str]:
     """The `data` of each server-sent event (multi-line data joined), in order."""
+    buffer = b""
     lines: list[str] = []
-    async for raw in response.content:
-        line = raw.decode().rstrip("\r\n")
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif line.startswith("data:"):
-            lines.append(line[5:].removeprefix(" "))
+    async for chunk in response.iter_chunks():
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        for raw in complete:
+            line = raw.decode().rstrip("\r")
+            if not line:
+                if lines:
+                    yield "\n".join(lines)
+                    lines = []
+            elif line.startswith("data:"):
+                lines.append(line[5:].removeprefix(" "))
+    if buffer.strip().startswith(b"data:"):
+        lines.append(buffer.decode().strip()[5:].removeprefix(" "))
     if lines:
         yield "\n".join(lines)
 

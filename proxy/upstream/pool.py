@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import anyio
 import httpx2
 import mcp.types as types
@@ -32,6 +31,7 @@ from mcp_types.jsonrpc import CONNECTION_CLOSED
 from proxy import __version__
 from proxy.errors import JunctionError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from proxy.upstream._describe import describe_failure, is_session_expired
+from proxy.upstream._http1 import Http1Pool, RequestNotSent
 from proxy.upstream.fastlane import FastLane, uses_mcp_headers
 from proxy.upstream.ssrf import check_upstream_url
 
@@ -67,7 +67,7 @@ class _Live:
 
 def _never_sent(exc: BaseException) -> bool:
     """A refused connection means the request never reached the upstream, so a retry is safe."""
-    return any(isinstance(e, httpx2.ConnectError | aiohttp.ClientConnectorError) for e in _leaves(exc))
+    return any(isinstance(e, httpx2.ConnectError | RequestNotSent) for e in _leaves(exc))
 
 
 class UpstreamSession:
@@ -189,14 +189,6 @@ class UpstreamSession:
             event_hooks={"response": [remember_session]},
         )
 
-    def _fast_client(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(
-            headers=self.config.headers,
-            connector=aiohttp.TCPConnector(limit=256, limit_per_host=256),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None, connect=self.config.connect_timeout),
-        )
-
     async def _run(self, kind: str, *, task_status: TaskStatus[_Live]) -> None:
         closed, done = anyio.Event(), anyio.Event()
         started = False
@@ -235,8 +227,9 @@ class UpstreamSession:
                 live = _Live(client=client, closed=closed, done=done, transport=kind)
                 if http is not None:
                     session_id = session_ids[-1] if session_ids else None
-                    fast_http = await stack.enter_async_context(self._fast_client())
-                    live.fastlane = FastLane(fast_http, self.config.url, client.protocol_version, session_id)
+                    fast_http = Http1Pool(self.config.url, self.config.headers, self.config.connect_timeout)
+                    stack.callback(fast_http.close)
+                    live.fastlane = FastLane(fast_http, client.protocol_version, session_id)
                 started = True
                 task_status.started(live)
                 await closed.wait()
