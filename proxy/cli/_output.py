@@ -1,4 +1,4 @@
-"""Tables for people, JSON for programs."""
+"""Tables and short views for people, JSON for programs."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ def emit_json(data: Any) -> None:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Left-aligned columns under upper-case headers; `(none)` when there are no rows."""
     if not rows:
         click.echo("(none)")
         return
@@ -24,24 +25,42 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+def clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def first_line(text: str | None, width: int = 100) -> str:
+    lines = (text or "").strip().splitlines()
+    return clip(lines[0], width) if lines else ""
+
+
 def status_text(connection: dict[str, Any]) -> str:
+    """`connected`, or `error: <message>`."""
     status = connection.get("status") or {}
     state = status.get("state", "unknown")
-    return f"{state}: {status['message']}" if status.get("message") else state
+    return f"{state}: {status['message']}" if status.get("message") else str(state)
 
 
 def show_connection(connection: dict[str, Any]) -> None:
     info = connection.get("serverInfo") or {}
-    click.echo(f"id:       {connection['connectionId']}")
+    click.echo(f"id:       {connection.get('connectionId', '')}")
     click.echo(f"name:     {connection.get('name', '')}")
     click.echo(f"url:      {connection.get('mcpUrl', '')}")
     click.echo(f"status:   {status_text(connection)}")
     if info:
         click.echo(f"server:   {info.get('name', '')} {info.get('version', '')}".rstrip())
     if connection.get("metadata"):
-        click.echo(f"metadata: {json.dumps(connection['metadata'])}")
+        click.echo(f"metadata: {json.dumps(connection['metadata'], ensure_ascii=False)}")
     if connection.get("headerNames"):
         click.echo(f"headers:  {', '.join(connection['headerNames'])} (values are write-only)")
+
+
+def show_tool(tool: dict[str, Any]) -> None:
+    click.echo(tool.get("name", ""))
+    if tool.get("description"):
+        click.echo(f"\n{tool['description'].strip()}")
+    click.echo("\ninput schema:")
+    emit_json(tool.get("inputSchema") or {})
 
 
 def show_result(result: dict[str, Any]) -> None:
@@ -54,8 +73,11 @@ def show_result(result: dict[str, Any]) -> None:
         if kind == "text":
             click.echo(part.get("text", ""))
         elif kind in ("image", "audio"):
-            click.echo(f"[{kind} {part.get('mimeType', '')}]")
+            click.echo(f"[{kind} {part.get('mimeType', '')}]".replace(" ]", "]"))
         elif kind == "resource_link":
-            click.echo(f"[resource {part.get('uri', '')}]")
+            click.echo(f"[resource link {part.get('uri', '')}]")
+        elif kind == "resource":
+            resource = part.get("resource") or {}
+            click.echo(resource["text"] if "text" in resource else f"[resource {resource.get('uri', '')}]")
         else:
             click.echo(f"[{kind}]")
