@@ -101,10 +101,7 @@ class _Connection:
     @property
     def reusable(self) -> bool:
         return (
-            self._complete
-            and self._keep_alive
-            and not self.reader.at_eof()
-            and not self.writer.is_closing()
+            self._complete and self._keep_alive and not self.reader.at_eof() and not self.writer.is_closing()
         )
 
     def close(self) -> None:
