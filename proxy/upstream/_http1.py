@@ -111,11 +111,13 @@ class _Connection:
 class Http1Pool:
     """Keep-alive connections to one origin; `post()` is an async context manager."""
 
-    def __init__(self, url: str, headers: dict[str, str], connect_timeout: float):
+    def __init__(
+        self, url: str, headers: dict[str, str], connect_timeout: float, tls: ssl.SSLContext | None = None
+    ):
         parts = urlsplit(url)
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self.tls = (tls or ssl.create_default_context()) if parts.scheme == "https" else None
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host_header = self.host if parts.port is None else f"{self.host}:{parts.port}"
         if ":" in self.host and not self.host.startswith("["):
