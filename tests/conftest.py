@@ -391,40 +391,18 @@ def _shared(pool: dict[str, Upstream], kind: str, factory: pytest.TempPathFactor
     return pool[kind].launch()
 
 
-@pytest.fixture(scope="session")
-def modern_upstream(
-    _upstream_pool: dict[str, Upstream], tmp_path_factory: pytest.TempPathFactory
-) -> Upstream:
-    return _shared(_upstream_pool, "modern", tmp_path_factory)
+def _shared_fixture(kind: str) -> Any:
+    @pytest.fixture(scope="session", name=f"{kind}_upstream")
+    def shared(_upstream_pool: dict[str, Upstream], tmp_path_factory: pytest.TempPathFactory) -> Upstream:
+        return _shared(_upstream_pool, kind, tmp_path_factory)
+
+    shared.__doc__ = f"The session's shared `{kind}` upstream server."
+    return shared
 
 
-@pytest.fixture(scope="session")
-def legacy_upstream(
-    _upstream_pool: dict[str, Upstream], tmp_path_factory: pytest.TempPathFactory
-) -> Upstream:
-    return _shared(_upstream_pool, "legacy", tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def sse_upstream(_upstream_pool: dict[str, Upstream], tmp_path_factory: pytest.TempPathFactory) -> Upstream:
-    return _shared(_upstream_pool, "sse", tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def dotted_upstream(
-    _upstream_pool: dict[str, Upstream], tmp_path_factory: pytest.TempPathFactory
-) -> Upstream:
-    return _shared(_upstream_pool, "dotted", tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def slow_upstream(_upstream_pool: dict[str, Upstream], tmp_path_factory: pytest.TempPathFactory) -> Upstream:
-    return _shared(_upstream_pool, "slow", tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def paged_upstream(_upstream_pool: dict[str, Upstream], tmp_path_factory: pytest.TempPathFactory) -> Upstream:
-    return _shared(_upstream_pool, "paged", tmp_path_factory)
+# modern_upstream, legacy_upstream, sse_upstream, dotted_upstream, slow_upstream, paged_upstream
+for _kind in UPSTREAM_KINDS:
+    globals()[f"{_kind}_upstream"] = _shared_fixture(_kind)
 
 
 @pytest.fixture
