@@ -219,7 +219,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 backoff_max=settings.reconnect_backoff_max,
             )
             directory = Directory(store, vault, pool, settings)
-            catalog = Catalog(directory)
+            catalog = Catalog(directory, settings.fanout_timeout)
             server = build_namespace_server(directory, catalog, settings)
             manager = build_session_manager(server, settings)
             app.state.gateway = Gateway(

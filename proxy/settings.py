@@ -32,6 +32,7 @@ class Settings:
     connect_timeout: float = 15.0
     list_timeout: float = 20.0
     call_timeout: float = 600.0
+    fanout_timeout: float = 5.0
     session_idle_timeout: float = 900.0
     tools_cache_ttl: float = 300.0
     reconnect_backoff_max: float = 30.0
@@ -43,7 +44,13 @@ class Settings:
             raise ConfigError("tool_names must be one of auto, dotted, safe")
         if self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes must be at least 1024")
-        for name in ("connect_timeout", "list_timeout", "call_timeout", "session_idle_timeout"):
+        for name in (
+            "connect_timeout",
+            "list_timeout",
+            "call_timeout",
+            "fanout_timeout",
+            "session_idle_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
 

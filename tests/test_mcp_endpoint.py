@@ -262,3 +262,22 @@ def test_fast_path_answers_like_the_sdk(gateway, modern_upstream) -> None:  # ty
             key = client.post("/keys", json={"name": "other"}).json()["key"]
             other = anonymous.post("/mcp/raw", json=call, headers={**headers, "authorization": f"Bearer {key}"})
             assert other.status_code == 404  # a session belongs to the credential that opened it
+
+
+def test_a_slow_listing_finishes_in_the_background(start_gateway, start_upstream, modern_upstream) -> None:  # type: ignore[no-untyped-def]
+    gateway = start_gateway(JUNCTION_FANOUT_TIMEOUT="0.5")
+    slow = start_upstream("slow", list_delay=1.5)
+    _setup(gateway, "late", fast=modern_upstream.url, slow=slow.url)
+
+    async def names(client: Client) -> tuple[float, set[str]]:
+        started = time.monotonic()
+        tools = (await client.list_tools()).tools
+        return time.monotonic() - started, {t.name for t in tools}
+
+    elapsed, first = run(gateway.mcp_url("late"), gateway.admin_key, "legacy", names)
+    assert "fast.echo" in first and "slow.echo" not in first and elapsed < 1.4
+    deadline = time.monotonic() + 15
+    later: set[str] = set()
+    while "slow.echo" not in later and time.monotonic() < deadline:
+        later = run(gateway.mcp_url("late"), gateway.admin_key, "legacy", names)[1]
+    assert {"fast.echo", "slow.echo"} <= later

@@ -34,8 +34,9 @@ class ConnectionTools:
 class Catalog:
     """Aggregates and routes the tools of each namespace."""
 
-    def __init__(self, directory: Directory):
+    def __init__(self, directory: Directory, fanout_timeout: float = 5.0):
         self._directory = directory
+        self._fanout_timeout = fanout_timeout
         self._maps: dict[str, NameMap] = {}
         self._map_signatures: dict[str, tuple[Any, ...]] = {}
         self._lists: dict[tuple[str, str], tuple[Any, list[dict[str, Any]], bytes]] = {}
@@ -60,7 +61,9 @@ class Catalog:
         async def one(item: ConnectionTools) -> None:
             session = self._directory.upstream_for(item.record)
             try:
-                item.tools = await session.list_tools()
+                item.tools = await session.list_tools(
+                    wait=min(session.config.list_timeout, self._fanout_timeout)
+                )
             except JunctionError as exc:
                 item.error = exc
             except Exception as exc:  # never let one upstream fail the whole list
