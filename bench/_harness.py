@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -200,6 +201,16 @@ def rest_ok(gateway: Proc, key: str, method: str, path: str, body: Any = None) -
     if status >= 300:
         raise RuntimeError(f"{method} {path} -> {status}: {payload}")
     return payload
+
+
+def run_header(benchmark: str) -> dict[str, Any]:
+    """What every result file starts with: which benchmark, when, where, and the command."""
+    return {
+        "benchmark": benchmark,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
 
 
 def machine() -> dict[str, Any]:

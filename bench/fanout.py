@@ -22,7 +22,6 @@ was really asked once. JSON goes to bench/out/fanout.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import time
@@ -39,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (  # noqa: E402
     Cluster,
     Proc,
-    machine,
     percentile,
     rest_ok,
+    run_header,
     self_cpu_seconds,
     system_busy_seconds,
     table,
@@ -218,10 +217,7 @@ async def main(opts: argparse.Namespace) -> None:
     print()
     print(render(rows))
     payload = {
-        "benchmark": "fanout",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **run_header("fanout"),
         "settings": {
             "sizes": opts.sizes,
             "modes": opts.modes,

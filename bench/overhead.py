@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import datetime
 import json
 import shutil
 import subprocess
@@ -42,10 +41,10 @@ from _harness import (  # noqa: E402
     ROOT,
     Cluster,
     Proc,
-    machine,
     percentile,
     reaped_children_cpu_seconds,
     rest_ok,
+    run_header,
     self_cpu_seconds,
     system_busy_seconds,
     table,
@@ -506,10 +505,7 @@ async def main(opts: argparse.Namespace) -> None:
     print()
     print(render(rows))
     payload = {
-        "benchmark": "overhead",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **run_header("overhead"),
         "settings": {
             "warmup": opts.warmup,
             "calls": opts.calls,
