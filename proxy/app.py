@@ -105,7 +105,14 @@ class NamespaceMCP:
             except JunctionError as exc:
                 await rpc_error_response(None, exc)(scope, receive, send)
                 return
-            if await gw.fast_path.handle(scope, body, send, namespace, caller):
+            try:
+                handled = await gw.fast_path.handle(scope, body, send, namespace, caller)
+            except Exception:  # this route skips the exception middleware: answer, never crash
+                log.exception("fast path failed on POST /mcp/%s", namespace)
+                error = JunctionError("the gateway hit an unexpected error")
+                await rpc_error_response(None, error)(scope, receive, send)
+                return
+            if handled:
                 return
             send = gw.fast_path.watch_initialize(body, send)
             receive = _replay(body, receive)
@@ -199,7 +206,7 @@ ROUTES: list[Route] = [
     Route("/keys", keys.create_key, methods=["POST"]),
     Route("/keys/{key_id}", keys.revoke_key, methods=["DELETE"]),
     Route("/mcp/{namespace}/{connection}", connection_mcp, methods=["GET", "POST", "DELETE"]),
-    Route("/mcp/{namespace}", NAMESPACE_MCP),
+    Route("/mcp/{namespace}", NAMESPACE_MCP, methods=["GET", "POST", "DELETE"]),
     Route("/connect/{namespace}/{connection}/mcp", connection_mcp, methods=["GET", "POST", "DELETE"]),
     *_connect_routes("/connect"),
     *_connect_routes(""),

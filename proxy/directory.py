@@ -83,10 +83,14 @@ def parse_connection_input(body: Mapping[str, Any]) -> ConnectionInput:
             if key.lower() in FORBIDDEN_HEADERS:
                 raise ValidationFailed(f"header {key!r} is managed by the gateway and cannot be set")
             if value is not None and (
-                not isinstance(value, str) or len(value) > 8192 or any(c in value for c in "\r\n\0")
+                not isinstance(value, str)
+                or len(value) > 8192
+                or not all(c == "\t" or " " <= c <= "~" for c in value)
             ):
                 # Never echo the value: it is a credential.
-                raise ValidationFailed(f"header {key!r} must be a single-line string (or null to remove it)")
+                raise ValidationFailed(
+                    f"header {key!r} must be a string of printable ASCII (or null to remove it)"
+                )
     timeouts = body.get("timeouts")
     if timeouts is not None:
         if not isinstance(timeouts, dict) or not set(timeouts) <= set(TIMEOUT_KEYS):
@@ -233,42 +237,44 @@ class Directory:
     async def create_connection(
         self, namespace: str, connection_id: str | None, data: ConnectionInput
     ) -> ConnectionRecord:
-        if data.mcp_url is None:
-            raise ValidationFailed("mcpUrl is required to create a connection")
         if connection_id is not None:
             validate_connection_id(connection_id)
         async with self._lock(namespace):
-            loaded = await self._loaded(namespace)
-            if connection_id is None:
+            return await self._create_locked(namespace, connection_id, data)
+
+    async def _create_locked(
+        self, namespace: str, connection_id: str | None, data: ConnectionInput
+    ) -> ConnectionRecord:
+        if data.mcp_url is None:
+            raise ValidationFailed("mcpUrl is required to create a connection")
+        loaded = await self._loaded(namespace)
+        if connection_id is None:
+            connection_id = generate_connection_id()
+            while connection_id in loaded:
                 connection_id = generate_connection_id()
-                while connection_id in loaded:
-                    connection_id = generate_connection_id()
-            elif connection_id in loaded:
-                raise Conflict(f"connection {connection_id!r} already exists in namespace {namespace!r}")
-            now = datetime.now(UTC)
-            record = ConnectionRecord(
-                namespace=namespace,
-                connection_id=connection_id,
-                name=data.name or connection_id,
-                mcp_url=data.mcp_url,
-                metadata=data.metadata,
-                created_at=now,
-                updated_at=now,
-                timeouts=data.timeouts,
-            )
-            record = self._with_headers(
-                record, {k: v for k, v in (data.headers or {}).items() if v is not None}
-            )
-            return await self._save(record)
+        elif connection_id in loaded:
+            raise Conflict(f"connection {connection_id!r} already exists in namespace {namespace!r}")
+        now = datetime.now(UTC)
+        record = ConnectionRecord(
+            namespace=namespace,
+            connection_id=connection_id,
+            name=data.name or connection_id,
+            mcp_url=data.mcp_url,
+            metadata=data.metadata,
+            created_at=now,
+            updated_at=now,
+            timeouts=data.timeouts,
+        )
+        record = self._with_headers(record, {k: v for k, v in (data.headers or {}).items() if v is not None})
+        return await self._save(record)
 
     async def upsert_connection(
         self, namespace: str, connection_id: str, data: ConnectionInput
     ) -> tuple[ConnectionRecord, bool]:
         validate_connection_id(connection_id)
-        loaded = await self._loaded(namespace)
-        if connection_id not in loaded:
-            return await self.create_connection(namespace, connection_id, data), True
         async with self._lock(namespace):
+            if connection_id not in await self._loaded(namespace):
+                return await self._create_locked(namespace, connection_id, data), True
             current = await self.connection(namespace, connection_id)
             if data.mcp_url is not None and data.mcp_url != current.mcp_url:
                 raise Conflict(

@@ -52,7 +52,9 @@ def _setup(gateway, ns: str, **connections: str) -> None:  # type: ignore[no-unt
 
 
 @pytest.mark.parametrize(("mode", "version"), ERAS)
-def test_namespace_endpoint_prefixes_and_routes(gateway, modern_upstream, dotted_upstream, mode, version) -> None:  # type: ignore[no-untyped-def]
+def test_namespace_endpoint_prefixes_and_routes(
+    gateway, modern_upstream, dotted_upstream, mode, version
+) -> None:  # type: ignore[no-untyped-def]
     _setup(gateway, "team", echo=modern_upstream.url, gh=dotted_upstream.url)
 
     async def body(client: Client) -> Any:
@@ -63,7 +65,9 @@ def test_namespace_endpoint_prefixes_and_routes(gateway, modern_upstream, dotted
         failed = await client.call_tool("echo.fail", {})
         return client.protocol_version, tools, echoed, searched, added, failed
 
-    protocol, tools, echoed, searched, added, failed = run(gateway.mcp_url("team"), gateway.admin_key, mode, body)
+    protocol, tools, echoed, searched, added, failed = run(
+        gateway.mcp_url("team"), gateway.admin_key, mode, body
+    )
     assert protocol == version
     names = {t.name for t in tools}
     assert {"echo.echo", "echo.add", "gh.repo.search", "gh.issues.create", "gh.repo_search"} <= names
@@ -86,7 +90,9 @@ def test_strict_clients_get_safe_names_and_every_form_calls(gateway, dotted_upst
         dotted = await client.call_tool("gh.repo.search", {"query": "c"})
         return tools, by_safe, collided, dotted
 
-    tools, by_safe, collided, dotted = run(gateway.mcp_url("safe-ns"), gateway.admin_key, mode, body, "claude-ai")
+    tools, by_safe, collided, dotted = run(
+        gateway.mcp_url("safe-ns"), gateway.admin_key, mode, body, "claude-ai"
+    )
     names = [t.name for t in tools]
     assert all(SAFE_NAME_RE.match(n) for n in names), names
     assert len(names) == len(set(names))
@@ -104,7 +110,9 @@ def test_tool_names_query_parameter_and_namespace_setting(gateway, dotted_upstre
 
     safe = run(gateway.mcp_url("styles") + "?tool_names=safe", gateway.admin_key, "legacy", names)
     assert "gh__repo_search" in safe
-    dotted = run(gateway.mcp_url("styles") + "?tool_names=dotted", gateway.admin_key, "legacy", names, "claude-ai")
+    dotted = run(
+        gateway.mcp_url("styles") + "?tool_names=dotted", gateway.admin_key, "legacy", names, "claude-ai"
+    )
     assert "gh.repo.search" in dotted
     with gateway.client() as client:
         assert client.put("/namespaces/styles", json={"toolNames": "safe"}).json()["toolNames"] == "safe"
@@ -173,7 +181,10 @@ def test_a_restarted_legacy_upstream_is_reinitialized_transparently(gateway, sta
     upstream = start_upstream("legacy")
     _setup(gateway, "restart", old=upstream.url)
     with gateway.client() as client:
-        assert client.post("/restart/old/.tools/echo", json={"text": "one"}).json()["content"][0]["text"] == "one"
+        assert (
+            client.post("/restart/old/.tools/echo", json={"text": "one"}).json()["content"][0]["text"]
+            == "one"
+        )
         upstream.restart()  # forgets every session: the next call gets a 404 and must re-initialize
         again = client.post("/restart/old/.tools/echo", json={"text": "two"})
         assert again.status_code == 200, again.text
@@ -206,7 +217,10 @@ def test_call_timeout_is_per_connection(gateway, modern_upstream) -> None:  # ty
         client.put("/timeouts/t", json={"mcpUrl": modern_upstream.url, "timeouts": {"call": 0.5}})
         slow = client.post("/timeouts/t/.tools/sleep", json={"seconds": 2})
         assert slow.status_code == 504 and slow.json()["error"] == "upstream_timeout"
-        assert client.post("/timeouts/t/.tools/echo", json={"text": "still fine"}).json()["content"][0]["text"] == "still fine"
+        assert (
+            client.post("/timeouts/t/.tools/echo", json={"text": "still fine"}).json()["content"][0]["text"]
+            == "still fine"
+        )
 
 
 @pytest.mark.parametrize("path", ["/mcp/per-conn/m", "/connect/per-conn/m/mcp"])
@@ -219,11 +233,18 @@ def test_per_connection_endpoint_is_stateless(gateway, modern_upstream, path) ->
         assert "echo" in {t["name"] for t in listed.json()["result"]["tools"]}
         called = client.post(
             path,
-            json={"jsonrpc": "2.0", "id": "a", "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "s"}}},
+            json={
+                "jsonrpc": "2.0",
+                "id": "a",
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": "s"}},
+            },
             headers=headers,
         ).json()
         assert called["id"] == "a" and called["result"]["content"][0]["text"] == "s"
-        note = client.post(path, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+        note = client.post(
+            path, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers
+        )
         assert note.status_code == 202
         garbage = client.post(path, content=b"nope", headers=headers)
         assert garbage.status_code == 400 and garbage.json()["error"]["code"] == -32700
@@ -244,23 +265,44 @@ def test_fast_path_answers_like_the_sdk(gateway, modern_upstream) -> None:  # ty
     with gateway.client() as client:
         init = client.post(
             "/mcp/raw",
-            json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}},
+            json={
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "1"},
+                },
+            },
             headers=base,
         )
         session = init.headers["mcp-session-id"]
         headers = {**base, "mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
-        client.post("/mcp/raw", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
-        call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "m.echo", "arguments": {"text": "r"}}}
+        client.post(
+            "/mcp/raw", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers
+        )
+        call = {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "tools/call",
+            "params": {"name": "m.echo", "arguments": {"text": "r"}},
+        }
         answer = client.post("/mcp/raw", json=call, headers=headers)
         assert answer.status_code == 200
-        payload = json.loads(answer.text.split("data: ", 1)[-1]) if answer.text.startswith("event") else answer.json()
+        payload = (
+            json.loads(answer.text.split("data: ", 1)[-1])
+            if answer.text.startswith("event")
+            else answer.json()
+        )
         assert payload["id"] == 7 and payload["result"]["content"][0]["text"] == "r"
         stale = client.post("/mcp/raw", json=call, headers={**headers, "mcp-session-id": "f" * 32})
         assert stale.status_code == 404
         with httpx2.Client(base_url=gateway.url) as anonymous:
             key = client.post("/keys", json={"name": "other"}).json()["key"]
-            other = anonymous.post("/mcp/raw", json=call, headers={**headers, "authorization": f"Bearer {key}"})
+            other = anonymous.post(
+                "/mcp/raw", json=call, headers={**headers, "authorization": f"Bearer {key}"}
+            )
             assert other.status_code == 404  # a session belongs to the credential that opened it
 
 
@@ -281,3 +323,24 @@ def test_a_slow_listing_finishes_in_the_background(start_gateway, start_upstream
     while "slow.echo" not in later and time.monotonic() < deadline:
         later = run(gateway.mcp_url("late"), gateway.admin_key, "legacy", names)[1]
     assert {"fast.echo", "slow.echo"} <= later
+
+
+def test_other_methods_pass_through_without_harming_the_session(gateway, modern_upstream) -> None:  # type: ignore[no-untyped-def]
+    _setup(gateway, "other-methods", m=modern_upstream.url)
+    headers = {"accept": "application/json, text/event-stream"}
+    with gateway.client() as client:
+        listed = client.post(
+            "/mcp/other-methods/m",
+            json={"jsonrpc": "2.0", "id": 1, "method": "resources/list", "params": {}},
+            headers=headers,
+        ).json()
+        # The test upstream serves no resources: its own JSON-RPC error comes back unchanged.
+        assert "error" in listed or "resources" in listed.get("result", {})
+        bad = client.post(
+            "/mcp/other-methods/m",
+            json={"jsonrpc": "2.0", "id": 2, "method": "prompts/get", "params": {"x": 1}},
+            headers=headers,
+        ).json()
+        assert bad["error"]["code"] == -32602
+        assert client.get("/other-methods/m").json()["status"] == {"state": "connected"}
+        assert client.options("/mcp/other-methods", headers={"authorization": ""}).status_code == 401

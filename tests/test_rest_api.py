@@ -47,14 +47,19 @@ def test_namespaces_lifecycle_and_validation(gateway) -> None:  # type: ignore[n
             response = client.put(f"/namespaces/{bad}")
             assert response.status_code == 400, bad
             assert response.json()["error"] == "validation_error"
-        assert client.delete(f"/namespaces/{generated_name}").json() == {"success": True, "name": generated_name}
+        assert client.delete(f"/namespaces/{generated_name}").json() == {
+            "success": True,
+            "name": generated_name,
+        }
         assert client.get(f"/{generated_name}").status_code == 404
 
 
 def test_create_connection_records_status_and_server_info(gateway, modern_upstream) -> None:  # type: ignore[no-untyped-def]
     with gateway.client() as client:
         ns = _ns(client)
-        response = client.post(f"/{ns}", json={"mcpUrl": modern_upstream.url, "name": "Echo", "metadata": {"userId": "u1"}})
+        response = client.post(
+            f"/{ns}", json={"mcpUrl": modern_upstream.url, "name": "Echo", "metadata": {"userId": "u1"}}
+        )
         assert response.status_code == 201, response.text
         body = response.json()
         assert body["status"] == {"state": "connected"}
@@ -87,7 +92,10 @@ def test_put_is_an_upsert_and_refuses_a_different_url(gateway, modern_upstream, 
         assert conflict.status_code == 409
         assert conflict.headers["x-should-retry"] == "false"
         assert conflict.json()["error"] == "conflict"
-        assert client.post(f"/{ns}", json={"mcpUrl": modern_upstream.url, "connectionId": "gh"}).status_code == 409
+        assert (
+            client.post(f"/{ns}", json={"mcpUrl": modern_upstream.url, "connectionId": "gh"}).status_code
+            == 409
+        )
         assert client.get(f"/{ns}/gh").json()["mcpUrl"] == modern_upstream.url
 
 
@@ -97,7 +105,8 @@ def test_list_filters_and_cursor_pagination(gateway, modern_upstream) -> None:  
         for i in range(5):
             user = "u1" if i % 2 == 0 else "u2"
             response = client.put(
-                f"/{ns}/c{i}", json={"mcpUrl": modern_upstream.url, "name": f"n{i}", "metadata": {"userId": user, "n": i}}
+                f"/{ns}/c{i}",
+                json={"mcpUrl": modern_upstream.url, "name": f"n{i}", "metadata": {"userId": user, "n": i}},
             )
             assert response.status_code == 201
         seen, cursor = [], None
@@ -111,10 +120,21 @@ def test_list_filters_and_cursor_pagination(gateway, modern_upstream) -> None:  
         assert seen == ["c0", "c1", "c2", "c3", "c4"]
         dotted_form = client.get(f"/{ns}", params={"metadata.userId": "u1"}).json()["connections"]
         bracket_form = client.get(f"/{ns}", params={"metadata[userId]": "u1"}).json()["connections"]
-        assert [c["connectionId"] for c in dotted_form] == ["c0", "c2", "c4"] == [c["connectionId"] for c in bracket_form]
-        assert [c["connectionId"] for c in client.get(f"/{ns}", params={"metadata.n": "3"}).json()["connections"]] == ["c3"]
-        assert [c["connectionId"] for c in client.get(f"/{ns}", params={"name": "n1"}).json()["connections"]] == ["c1"]
-        assert len(client.get(f"/connect/{ns}", params={"mcpUrl": modern_upstream.url}).json()["connections"]) == 5
+        assert (
+            [c["connectionId"] for c in dotted_form]
+            == ["c0", "c2", "c4"]
+            == [c["connectionId"] for c in bracket_form]
+        )
+        assert [
+            c["connectionId"] for c in client.get(f"/{ns}", params={"metadata.n": "3"}).json()["connections"]
+        ] == ["c3"]
+        assert [
+            c["connectionId"] for c in client.get(f"/{ns}", params={"name": "n1"}).json()["connections"]
+        ] == ["c1"]
+        assert (
+            len(client.get(f"/connect/{ns}", params={"mcpUrl": modern_upstream.url}).json()["connections"])
+            == 5
+        )
         assert client.get(f"/{ns}", params={"cursor": "%%%"}).status_code == 400
         assert client.get(f"/{ns}", params={"limit": 0}).status_code == 400
 
@@ -123,7 +143,9 @@ def test_headers_are_write_only_encrypted_and_sent_upstream(gateway, modern_upst
     secret = "sk-very-secret-value-123"
     with gateway.client() as client:
         ns = _ns(client)
-        created = client.put(f"/{ns}/auth", json={"mcpUrl": modern_upstream.url, "headers": {"X-Api-Key": secret}})
+        created = client.put(
+            f"/{ns}/auth", json={"mcpUrl": modern_upstream.url, "headers": {"X-Api-Key": secret}}
+        )
         assert created.status_code == 201
         assert secret not in created.text and created.json()["headerNames"] == ["X-Api-Key"]
         for path in (f"/{ns}/auth", f"/{ns}", f"/connect/{ns}/auth"):
@@ -141,7 +163,11 @@ def test_headers_are_write_only_encrypted_and_sent_upstream(gateway, modern_upst
     db = Path(gateway.data_dir) / "junction.db"
     raw = b"".join(p.read_bytes() for p in db.parent.glob("junction.db*"))
     assert secret.encode() not in raw
-    stored = sqlite3.connect(db).execute("select headers_ciphertext from connections where connection_id='auth'").fetchone()[0]
+    stored = (
+        sqlite3.connect(db)
+        .execute("select headers_ciphertext from connections where connection_id='auth'")
+        .fetchone()[0]
+    )
     assert stored.startswith("v1.") and secret not in stored
     assert stat.S_IMODE((Path(gateway.data_dir) / "master.key").stat().st_mode) == 0o600
     assert secret not in gateway.logs()
@@ -150,10 +176,17 @@ def test_headers_are_write_only_encrypted_and_sent_upstream(gateway, modern_upst
 def test_header_validation_never_echoes_values(gateway, modern_upstream) -> None:  # type: ignore[no-untyped-def]
     with gateway.client() as client:
         ns = _ns(client)
-        bad = client.post(f"/{ns}", json={"mcpUrl": modern_upstream.url, "headers": {"X-Key": "line1\nsecret-tail"}})
+        bad = client.post(
+            f"/{ns}", json={"mcpUrl": modern_upstream.url, "headers": {"X-Key": "line1\nsecret-tail"}}
+        )
         assert bad.status_code == 400 and "secret-tail" not in bad.text
-        assert client.post(f"/{ns}", json={"mcpUrl": modern_upstream.url, "headers": {"Host": "x"}}).status_code == 400
-        assert client.post(f"/{ns}", json={"mcpUrl": modern_upstream.url, "headers": ["a"]}).status_code == 400
+        assert (
+            client.post(f"/{ns}", json={"mcpUrl": modern_upstream.url, "headers": {"Host": "x"}}).status_code
+            == 400
+        )
+        assert (
+            client.post(f"/{ns}", json={"mcpUrl": modern_upstream.url, "headers": ["a"]}).status_code == 400
+        )
 
 
 def test_direct_tool_calls_with_slash_paths(gateway, dotted_upstream) -> None:  # type: ignore[no-untyped-def]
@@ -185,7 +218,9 @@ def test_tool_errors_and_bad_bodies(gateway, modern_upstream) -> None:  # type: 
         assert failed.status_code == 200 and failed.json()["isError"] is True
         added = client.post(f"/{ns}/m/.tools/add", json={"a": 2, "b": 3}).json()
         assert added["structuredContent"] == {"sum": 5}
-        broken = client.post(f"/{ns}/m/.tools/echo", content=b"{not json", headers={"content-type": "application/json"})
+        broken = client.post(
+            f"/{ns}/m/.tools/echo", content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert broken.status_code == 400 and broken.json()["error"] == "invalid_json"
         array = client.post(f"/{ns}/m/.tools/echo", json=[1, 2])
         assert array.status_code == 400 and array.json()["error"] == "validation_error"
@@ -193,7 +228,10 @@ def test_tool_errors_and_bad_bodies(gateway, modern_upstream) -> None:  # type: 
         assert wrong_types.status_code == 400
         assert client.post(f"/{ns}", json={"mcpUrl": "ftp://x"}).status_code == 400
         assert client.post(f"/{ns}", json={"mcpUrl": modern_upstream.url, "metadata": "x"}).status_code == 400
-        assert client.post(f"/{ns}", json={"mcpUrl": modern_upstream.url, "bogus": 1}).json()["error"] == "validation_error"
+        assert (
+            client.post(f"/{ns}", json={"mcpUrl": modern_upstream.url, "bogus": 1}).json()["error"]
+            == "validation_error"
+        )
         assert client.get("/no-such-ns").json()["error"] == "not_found"
         assert client.get(f"/{ns}/no-such-conn").status_code == 404
         assert client.get(f"/{ns}/no-such-conn/.tools").status_code == 404
@@ -246,7 +284,10 @@ def test_delete_namespace_removes_its_connections(gateway, modern_upstream) -> N
 def test_everything_survives_a_restart(gateway, modern_upstream) -> None:  # type: ignore[no-untyped-def]
     with gateway.client() as client:
         ns = _ns(client)
-        client.put(f"/{ns}/keep", json={"mcpUrl": modern_upstream.url, "metadata": {"k": "v"}, "headers": {"X-Api-Key": "kept"}})
+        client.put(
+            f"/{ns}/keep",
+            json={"mcpUrl": modern_upstream.url, "metadata": {"k": "v"}, "headers": {"X-Api-Key": "kept"}},
+        )
     gateway.restart()
     with gateway.client() as client:
         record = client.get(f"/{ns}/keep").json()
@@ -308,3 +349,20 @@ def test_an_upstream_that_is_not_mcp_gets_a_clear_error(gateway) -> None:  # typ
         listing = client.get(f"/{ns}/garbage/.tools")
         assert listing.status_code == 502 and listing.json()["error"] == "upstream_unavailable"
         assert client.get("/health").status_code == 200  # and everyone else is still served
+
+
+def test_hostile_bodies_get_clean_errors(gateway, modern_upstream) -> None:  # type: ignore[no-untyped-def]
+    deep = b"[" * 100_000
+    with gateway.client() as client:
+        ns = _ns(client)
+        client.put(f"/{ns}/m", json={"mcpUrl": modern_upstream.url})
+        rest = client.post(f"/{ns}/m/.tools/echo", content=deep, headers={"content-type": "application/json"})
+        assert rest.status_code == 400 and rest.json()["error"] == "invalid_json"
+        tricky = b'{"method":"tools/call","x":' + deep
+        mcp = client.post(f"/mcp/{ns}", content=tricky, headers={"content-type": "application/json"})
+        assert 400 <= mcp.status_code < 500
+        bad_value = client.put(
+            f"/{ns}/h", json={"mcpUrl": modern_upstream.url, "headers": {"X-Key": "caf\u00e9"}}
+        )
+        assert bad_value.status_code == 400 and "caf" not in bad_value.text
+        assert client.post(f"/{ns}/m/.tools/echo", json={"text": "still serving"}).status_code == 200

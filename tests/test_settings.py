@@ -23,7 +23,7 @@ def test_every_setting_is_documented_in_the_example_config() -> None:
 
 def test_env_overrides_file_and_flags_override_env(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
-    config.write_text('port = 9000\nallow_private_upstreams = false\ncall_timeout = 30\n')
+    config.write_text("port = 9000\nallow_private_upstreams = false\ncall_timeout = 30\n")
     env = {"JUNCTION_PORT": "9100", "JUNCTION_ALLOW_PRIVATE_UPSTREAMS": "1"}
     settings = Settings.load(config_file=str(config), env=env)
     assert settings.port == 9100

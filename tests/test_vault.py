@@ -18,9 +18,13 @@ def _key() -> bytes:
 
 def test_round_trip_and_no_plaintext_in_ciphertext() -> None:
     vault = Vault([_key()])
-    sealed = vault.seal({"Authorization": "Bearer s3cret"}, namespace="ns", connection_id="c", field="headers")
+    sealed = vault.seal(
+        {"Authorization": "Bearer s3cret"}, namespace="ns", connection_id="c", field="headers"
+    )
     assert "s3cret" not in sealed
-    assert vault.open(sealed, namespace="ns", connection_id="c", field="headers") == {"Authorization": "Bearer s3cret"}
+    assert vault.open(sealed, namespace="ns", connection_id="c", field="headers") == {
+        "Authorization": "Bearer s3cret"
+    }
 
 
 def test_ciphertext_copied_to_another_row_does_not_open() -> None:

@@ -83,7 +83,7 @@ async def read_json_object(request: Request, *, empty_ok: bool = True) -> dict[s
         raise InvalidJSON("request body is empty; send a JSON object")
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidJSON("request body is not valid JSON") from exc
     if not isinstance(value, dict):
         raise ValidationFailed("request body must be a JSON object")

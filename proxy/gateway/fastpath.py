@@ -54,7 +54,7 @@ def parse_request(body: bytes) -> tuple[Any, str, dict[str, Any]] | None:
         return None
     try:
         message = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
         return None
@@ -98,7 +98,7 @@ class ToolCallFastPath:
         try:
             message = json.loads(body)
             name = message["params"]["clientInfo"]["name"]
-        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, RecursionError):
             return send
         if message.get("method") != "initialize" or not isinstance(name, str):
             return send

@@ -61,7 +61,7 @@ def error_response(id_: Any, exc: JunctionError) -> Response:
 def parse_message(body: bytes) -> dict[str, Any]:
     try:
         message = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidJSON("request body is not valid JSON") from exc
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
         raise InvalidJSON("request body must be one JSON-RPC 2.0 message (batches are not supported)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -29,6 +29,10 @@ class ConnectionLost(ConnectionError):
 
 class RequestNotSent(ConnectionError):
     """The request never reached the upstream (connect failed), so retrying it is safe."""
+
+
+class PeerRefused(ConnectionError):
+    """The host now resolves to an address outside what the SSRF policy allows."""
 
 
 @dataclass
@@ -51,6 +55,7 @@ class _Connection:
         self.reader = reader
         self.writer = writer
         self.reused = False
+        self.received = False  # any byte of the current response read yet
         self._chunks: list[bytes] = []
         self._headers: dict[str, str] = {}
         self._headers_done = False
@@ -76,12 +81,19 @@ class _Connection:
     async def _feed(self) -> None:
         data = await self.reader.read(READ_SIZE)
         if not data:
+            framed = "content-length" in self._headers or "transfer-encoding" in self._headers
+            if self._headers_done and not framed:
+                # A body delimited by the end of the connection (HTTP/1.0 style) is complete now.
+                self._complete, self._keep_alive = True, False
+                return
             raise ConnectionLost("the upstream closed the connection")
+        self.received = True
         assert self._parser is not None
         self._parser.feed_data(data)
 
     async def start(self, request: bytes) -> Response:
         self._chunks, self._headers, self._headers_done, self._complete = [], {}, False, False
+        self.received = False
         self._parser = httptools.HttpResponseParser(self)
         self.writer.write(request)
         while not self._headers_done:
@@ -112,7 +124,12 @@ class Http1Pool:
     """Keep-alive connections to one origin; `post()` is an async context manager."""
 
     def __init__(
-        self, url: str, headers: dict[str, str], connect_timeout: float, tls: ssl.SSLContext | None = None
+        self,
+        url: str,
+        headers: dict[str, str],
+        connect_timeout: float,
+        tls: ssl.SSLContext | None = None,
+        check_peer: Callable[[str], bool] | None = None,
     ):
         parts = urlsplit(url)
         self.host = parts.hostname or ""
@@ -124,6 +141,7 @@ class Http1Pool:
             host_header = f"[{self.host}]" + (f":{parts.port}" if parts.port else "")
         self._base = {"host": host_header, **{k.lower(): v for k, v in headers.items()}}
         self.connect_timeout = connect_timeout
+        self._check_peer = check_peer
         self._idle: list[_Connection] = []
 
     async def _connect(self) -> _Connection:
@@ -134,6 +152,10 @@ class Http1Pool:
                 )
         except (OSError, TimeoutError) as exc:
             raise RequestNotSent(f"cannot connect to {self.host}:{self.port}") from exc
+        peer = writer.get_extra_info("peername")
+        if self._check_peer is not None and (not peer or not self._check_peer(str(peer[0]))):
+            writer.close()
+            raise PeerRefused(f"{self.host} now resolves to an address the gateway may not reach")
         return _Connection(reader, writer)
 
     def _encode(self, headers: dict[str, str], body: bytes) -> bytes:
@@ -144,17 +166,20 @@ class Http1Pool:
     @asynccontextmanager
     async def post(self, headers: dict[str, str], body: bytes) -> AsyncIterator[Response]:
         request = self._encode(headers, body)
-        conn = self._idle.pop() if self._idle else await self._connect()
+        conn = self._idle_connection() or await self._connect()
         try:
             try:
                 response = await conn.start(request)
             except (ConnectionLost, ConnectionResetError, BrokenPipeError):
-                if not conn.reused:
+                if not conn.reused or conn.received:
                     raise
-                # A kept-alive connection the upstream had already closed: the request was not
-                # processed, so send it once more on a fresh connection.
+                # A kept-alive connection the upstream closed before answering a single byte: it
+                # closed it while idle, so the request was not processed. Send it once more.
                 conn.close()
-                conn = await self._connect()
+                try:
+                    conn = await self._connect()
+                except RequestNotSent as exc:
+                    raise ConnectionLost("the upstream closed the connection") from exc
                 response = await conn.start(request)
             yield response
         except BaseException:
@@ -165,6 +190,14 @@ class Http1Pool:
             self._idle.append(conn)
         else:
             conn.close()
+
+    def _idle_connection(self) -> _Connection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.reader.at_eof() and not conn.writer.is_closing():
+                return conn
+            conn.close()
+        return None
 
     def close(self) -> None:
         for conn in self._idle:

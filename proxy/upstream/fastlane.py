@@ -24,6 +24,12 @@ from proxy import __version__
 from proxy.upstream._http1 import Http1Pool, Response
 
 _ids = itertools.count(1)
+
+
+class UpstreamRpcError(MCPError):
+    """A JSON-RPC error the upstream itself sent in answer to our request."""
+
+
 _CLIENT_INFO = {"name": "mcp-junction", "version": __version__}
 
 
@@ -76,7 +82,7 @@ class FastLane:
             content_type = response.headers.get("content-type", "").lower()
             if content_type.startswith("text/event-stream") and response.status == 200:
                 async for data in _sse_data(response):
-                    message = json.loads(data)
+                    message = _loads(data)
                     if not isinstance(message, dict):
                         continue
                     if "method" not in message and message.get("id") == request_id:
@@ -86,7 +92,7 @@ class FastLane:
                 raise MCPError(INTERNAL_ERROR, "the upstream closed the stream without answering")
             raw = await response.read()
             if content_type.startswith("application/json") and raw:
-                message = json.loads(raw)
+                message = _loads(raw)
                 if isinstance(message, dict) and ("result" in message or "error" in message):
                     return _result(message)
             if response.status == 404:
@@ -128,6 +134,13 @@ async def _sse_data(response: Response) -> AsyncIterator[str]:
         yield "\n".join(lines)
 
 
+def _loads(data: str | bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise UpstreamRpcError(INTERNAL_ERROR, "the upstream sent a response that is not valid JSON") from exc
+
+
 def _result(message: dict[str, Any]) -> dict[str, Any]:
     if "error" in message:
         error = message["error"] if isinstance(message["error"], dict) else {}
@@ -136,5 +149,5 @@ def _result(message: dict[str, Any]) -> dict[str, Any]:
         )
     result = message.get("result")
     if not isinstance(result, dict):
-        raise MCPError(INTERNAL_ERROR, "the upstream sent a result that is not an object")
+        raise UpstreamRpcError(INTERNAL_ERROR, "the upstream sent a result that is not an object")
     return result

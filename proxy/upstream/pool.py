@@ -9,6 +9,7 @@ Nothing here reads the database: configs are handed in by the caller.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import itertools
 import logging
 import math
@@ -29,17 +30,19 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types.jsonrpc import CONNECTION_CLOSED
+from pydantic import TypeAdapter, ValidationError
 
 from proxy import __version__
 from proxy.errors import JunctionError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from proxy.upstream._describe import describe_failure, is_session_expired
 from proxy.upstream._http1 import Http1Pool, RequestNotSent
-from proxy.upstream.fastlane import FastLane, uses_mcp_headers
-from proxy.upstream.ssrf import check_upstream_url
+from proxy.upstream.fastlane import FastLane, UpstreamRpcError, uses_mcp_headers
+from proxy.upstream.ssrf import check_upstream_url, classify
 
 log = logging.getLogger("junction.upstream")
 
 MAX_TOOL_PAGES = 50
+_CLIENT_REQUEST: TypeAdapter[Any] = TypeAdapter(types.ClientRequest)
 _versions = itertools.count(1)
 Key = tuple[str, str]
 StateListener = Callable[[Key, dict[str, Any], dict[str, Any] | None], Awaitable[None]]
@@ -246,7 +249,11 @@ class UpstreamSession:
                 if http is not None:
                     session_id = session_ids[-1] if session_ids else None
                     fast_http = Http1Pool(
-                        self.config.url, self.config.headers, self.config.connect_timeout, _tls_context()
+                        self.config.url,
+                        self.config.headers,
+                        self.config.connect_timeout,
+                        _tls_context(),
+                        check_peer=self._pool.peer_allowed,
                     )
                     stack.callback(fast_http.close)
                     live.fastlane = FastLane(fast_http, client.protocol_version, session_id)
@@ -300,6 +307,8 @@ class UpstreamSession:
                     return await op(client)
             except TimeoutError as exc:
                 raise UpstreamTimeout(f"{what} timed out after {deadline:g} s") from exc
+            except UpstreamRpcError:
+                raise  # the upstream's own answer to this request: pass it on unchanged
             except MCPError as exc:
                 if is_session_expired(exc):
                     self._forget(client)
@@ -309,6 +318,8 @@ class UpstreamSession:
                 if exc.code != CONNECTION_CLOSED:
                     raise
                 ended = await self._ended(live)
+                if live is not None and not live.done.is_set():
+                    raise  # the session is alive: this was the upstream's own -32000 error
                 self._forget(client)
                 if attempt == 1 and ended is not None and _never_sent(ended):
                     continue
@@ -317,12 +328,17 @@ class UpstreamSession:
                 )
                 await self._failed(message)
                 raise UpstreamUnavailable(message) from exc
-            except Exception as exc:
+            except JunctionError:
+                raise
+            except (OSError, httpx2.HTTPError, ConnectionError) as exc:
                 self._forget(client)
                 if attempt == 1 and _never_sent(exc):
                     continue
                 await self._failed(describe_failure(exc))
                 raise UpstreamUnavailable(describe_failure(exc)) from exc
+            except Exception as exc:
+                # The transport is fine; the answer was not usable (bad JSON, invalid result).
+                raise UpstreamError(describe_failure(exc)) from exc
         raise UpstreamUnavailable(self._last_error or "the upstream server is unavailable")
 
     async def _ended(self, live: _Live | None) -> BaseException | None:
@@ -407,8 +423,12 @@ class UpstreamSession:
     async def request(self, method: str, params: dict[str, Any] | None, result_type: type[Any]) -> Any:
         """Forward any other request (resources, prompts, completion) unchanged."""
 
+        try:
+            request = _CLIENT_REQUEST.validate_python({"method": method, "params": params})
+        except ValidationError as exc:
+            raise MCPError(-32602, f"invalid params for {method}") from exc
+
         async def send(client: Client) -> Any:
-            request = types.ClientRequest.model_validate({"method": method, "params": params})  # type: ignore[attr-defined]
             return await client.session.send_request(request, result_type)
 
         return await self._with_retry(send, self.config.list_timeout, method)
@@ -449,6 +469,11 @@ class ConnectionPool:
         self._sessions: dict[Key, UpstreamSession] = {}
         self._state_listeners: list[StateListener] = []
         self._tools_listeners: list[ToolsChangedListener] = []
+
+    def peer_allowed(self, address: str) -> bool:
+        """Re-check every fast-lane socket's peer: DNS may have changed since the URL was checked."""
+        kind = classify(ipaddress.ip_address(address.split("%")[0]))
+        return kind == "public" or (kind == "private" and self.allow_private)
 
     def on_state_change(self, listener: StateListener) -> None:
         self._state_listeners.append(listener)
