@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 from proxy.auth.keys import ApiKeys
 from proxy.directory import Directory
 from proxy.gateway.catalog import Catalog
+from proxy.gateway.fastpath import ToolCallFastPath
 from proxy.gateway.passthrough import Passthrough
 from proxy.settings import Settings
 from proxy.store import Store
@@ -25,5 +27,5 @@ class Gateway:
     directory: Directory
     catalog: Catalog
     passthrough: Passthrough
-    session_manager: Any
-    fast_path: Any
+    session_manager: StreamableHTTPSessionManager
+    fast_path: ToolCallFastPath
