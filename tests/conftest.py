@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import httpx2
 import pytest
@@ -40,6 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 LOG_TAIL_CHARS = 6000
+_T = TypeVar("_T")
 UPSTREAM_KINDS = ("modern", "legacy", "sse", "dotted", "slow", "paged")
 _SERIAL = itertools.count(1)  # distinct log file names
 
@@ -149,6 +150,19 @@ class _Process:
 # --- upstream MCP servers -----------------------------------------------------------------------
 
 
+def _retry_busy_port(owner: Any, start: Callable[[], _T], attempts: int) -> _T:
+    """Run `start`; when the port `free_port` picked was taken meanwhile, move `owner` to another."""
+    for attempt in range(attempts):
+        try:
+            return start()
+        except StartupError as exc:
+            error, retry = str(exc), "address already in use" in exc.log.lower()
+        if not retry or attempt == attempts - 1:
+            pytest.fail(error, pytrace=False)
+        owner.port = free_port()
+    raise AssertionError("unreachable")
+
+
 class Upstream:
     """One `tests/upstreams/server.py` process. ``url`` is its MCP endpoint (``/sse`` for kind sse)."""
 
@@ -201,15 +215,7 @@ class Upstream:
 
     def launch(self, attempts: int = 3) -> Upstream:
         """Like `start`, but if the port picked by `free_port` was taken meanwhile, try another one."""
-        for attempt in range(attempts):
-            try:
-                return self._start()
-            except StartupError as exc:
-                error, retry = str(exc), "address already in use" in exc.log.lower()
-            if not retry or attempt == attempts - 1:
-                pytest.fail(error, pytrace=False)
-            self.port = free_port()
-        raise AssertionError("unreachable")
+        return _retry_busy_port(self, self._start, attempts)
 
     def stop(self) -> None:
         """Terminate the server (open connections drop); `start` serves on the same port again."""
@@ -272,17 +278,13 @@ class Gateway:
 
     def start(self, attempts: int = 1) -> Gateway:
         """Start and wait for ``GET /health``; with ``attempts`` > 1, move to a new port if the port is taken."""
-        for attempt in range(attempts):
+
+        def once() -> Gateway:
             self._process.spawn(self.command(), self.env)
-            try:
-                self._process.wait_ready(self._healthy, "200 from GET /health")
-                return self
-            except StartupError as exc:
-                error, retry = str(exc), "address already in use" in exc.log.lower()
-            if not retry or attempt == attempts - 1:
-                pytest.fail(error, pytrace=False)
-            self.port = free_port()
-        raise AssertionError("unreachable")
+            self._process.wait_ready(self._healthy, "200 from GET /health")
+            return self
+
+        return _retry_busy_port(self, once, attempts)
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "proxy", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
