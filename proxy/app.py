@@ -330,6 +330,10 @@ def run(settings: Settings) -> None:
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
         lifespan="on",
+        # The gateway uses no client addresses, so it trusts no X-Forwarded-* header, and it does
+        # not advertise its server software.
+        proxy_headers=False,
+        server_header=False,
     )
     print(
         f"mcp-junction {__version__} listening on http://{settings.host}:{settings.port}",
