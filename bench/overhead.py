@@ -9,7 +9,9 @@ temp data directory, creates a namespace and one connection, then for each proto
 (`legacy` = 2025-11-25 handshake, `auto` = 2026-07-28 against these servers), each target
 (the upstream directly, the gateway) and each concurrency runs `tools/call` from that many
 workers, each with its own long-lived `mcp.Client` session. A run is `--warmup` calls, then
-`--calls` calls or `--duration` seconds, whichever ends first.
+`--calls` calls or `--duration` seconds, whichever ends first, measured in `--rounds` blocks
+that alternate between direct and gateway: the machine is a shared VM whose speed drifts, and
+interleaving spreads a slow spell over both targets instead of one.
 
 Reported per run: p50/p99 latency, throughput, the CPU time per call of the gateway, the
 upstream and this load generator (utime+stime from /proc), and for gateway runs the ratios to
@@ -22,10 +24,12 @@ import argparse
 import collections
 import contextlib
 import json
+import math
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -208,30 +212,57 @@ async def drive(
 
 
 async def run_case(
-    sessions: Sessions, concurrency: int, target: str, gateway: Proc, upstream: Proc, opts: argparse.Namespace
-) -> dict[str, Any]:
-    """One measured run; repeated (up to `--retries` times) when other jobs took CPU meanwhile."""
+    sessions: dict[str, Sessions], concurrency: int, gateway: Proc, upstream: Proc, opts: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """The measured runs of every target at one concurrency, interleaved in `--rounds` blocks so
+    that a slow spell of the (shared, virtual) machine touches direct and gateway alike; repeated
+    (up to `--retries` times) when other jobs took CPU meanwhile."""
     for attempt in range(1, opts.retries + 2):
-        row = await _run_once(sessions, concurrency, target, gateway, upstream, opts)
-        row["attempts"] = attempt
-        if row["other_cpu_util"] <= opts.max_other_cpu or attempt > opts.retries:
-            return row
-        print(f"    other jobs used {row['other_cpu_util']} cores: waiting for a quiet machine, retrying")
+        rows = await _run_interleaved(sessions, concurrency, gateway, upstream, opts)
+        worst = max(row["other_cpu_util"] for row in rows)
+        for row in rows:
+            row["attempts"] = attempt
+        if worst <= opts.max_other_cpu or attempt > opts.retries:
+            return rows
+        print(f"    other jobs used {worst} cores: waiting for a quiet machine, retrying")
         await wait_for_quiet(opts.max_other_cpu)
     raise AssertionError("unreachable")
 
 
-async def _run_once(
-    sessions: Sessions, concurrency: int, target: str, gateway: Proc, upstream: Proc, opts: argparse.Namespace
-) -> dict[str, Any]:
-    callers = sessions.callers[:concurrency]
-    await drive(callers, opts.warmup, 60.0)
-    cpu0 = (gateway.cpu(), upstream.cpu(), self_cpu_seconds(), system_busy_seconds())
-    latencies, errors, elapsed = await drive(callers, opts.calls, opts.duration)
-    cpu1 = (gateway.cpu(), upstream.cpu(), self_cpu_seconds(), system_busy_seconds())
-    ours = sum(cpu1[i] - cpu0[i] for i in range(3))
+@dataclass
+class _Tally:
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    elapsed: float = 0.0
+    cpu: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # gw, up, us, machine
+
+
+async def _run_interleaved(
+    sessions: dict[str, Sessions], concurrency: int, gateway: Proc, upstream: Proc, opts: argparse.Namespace
+) -> list[dict[str, Any]]:
+    for target in sessions.values():
+        await drive(target.callers[:concurrency], opts.warmup, 60.0)
+    tallies = {name: _Tally() for name in sessions}
+    calls = math.ceil(opts.calls / opts.rounds)
+    for _ in range(opts.rounds):
+        for name, target in sessions.items():
+            tally = tallies[name]
+            cpu0 = (gateway.cpu(), upstream.cpu(), self_cpu_seconds(), system_busy_seconds())
+            latencies, errors, elapsed = await drive(
+                target.callers[:concurrency], calls, opts.duration / opts.rounds
+            )
+            cpu1 = (gateway.cpu(), upstream.cpu(), self_cpu_seconds(), system_busy_seconds())
+            tally.latencies += latencies
+            tally.errors += errors
+            tally.elapsed += elapsed
+            tally.cpu = [tally.cpu[i] + cpu1[i] - cpu0[i] for i in range(4)]
+    return [_row(sessions[name], name, concurrency, tally) for name, tally in tallies.items()]
+
+
+def _row(sessions: Sessions, target: str, concurrency: int, tally: _Tally) -> dict[str, Any]:
+    latencies, elapsed, cpu = sorted(tally.latencies), tally.elapsed, tally.cpu
     n = len(latencies)
-    latencies.sort()
+    ours = cpu[0] + cpu[1] + cpu[2]
     row = {
         "client": sessions.client,
         "mode": sessions.mode,
@@ -239,25 +270,25 @@ async def _run_once(
         "target": target,
         "concurrency": concurrency,
         "calls": n,
-        "errors": errors,
+        "errors": tally.errors,
         "seconds": round(elapsed, 3),
         "throughput": round(n / elapsed, 1),
         "p50_ms": round(percentile(latencies, 50) * 1000, 3),
         "p99_ms": round(percentile(latencies, 99) * 1000, 3),
         "mean_ms": round(sum(latencies) / n * 1000, 3) if n else None,
-        "gateway_cpu_ms_per_call": round((cpu1[0] - cpu0[0]) / n * 1000, 3) if n else None,
-        "upstream_cpu_ms_per_call": round((cpu1[1] - cpu0[1]) / n * 1000, 3) if n else None,
-        "client_cpu_ms_per_call": round((cpu1[2] - cpu0[2]) / n * 1000, 3) if n else None,
-        "gateway_cpu_util": round((cpu1[0] - cpu0[0]) / elapsed, 3),
-        "upstream_cpu_util": round((cpu1[1] - cpu0[1]) / elapsed, 3),
-        "client_cpu_util": round((cpu1[2] - cpu0[2]) / elapsed, 3),
+        "gateway_cpu_ms_per_call": round(cpu[0] / n * 1000, 3) if n else None,
+        "upstream_cpu_ms_per_call": round(cpu[1] / n * 1000, 3) if n else None,
+        "client_cpu_ms_per_call": round(cpu[2] / n * 1000, 3) if n else None,
+        "gateway_cpu_util": round(cpu[0] / elapsed, 3),
+        "upstream_cpu_util": round(cpu[1] / elapsed, 3),
+        "client_cpu_util": round(cpu[2] / elapsed, 3),
         # Cores busy with anything else during the run (other jobs on the machine skew the numbers).
-        "other_cpu_util": round(max(0.0, cpu1[3] - cpu0[3] - ours) / elapsed, 2),
+        "other_cpu_util": round(max(0.0, cpu[3] - ours) / elapsed, 2),
     }
     print(
         f"  {sessions.client:3} {sessions.mode:6} {target:7} c={concurrency:<3} {n:6} calls {row['throughput']:8.1f}/s "
         f"p50 {row['p50_ms']:7.2f} ms p99 {row['p99_ms']:7.2f} ms "
-        f"gw {row['gateway_cpu_ms_per_call']} ms/call errors {errors} other CPU {row['other_cpu_util']}",
+        f"gw {row['gateway_cpu_ms_per_call']} ms/call errors {tally.errors} other CPU {row['other_cpu_util']}",
         flush=True,
     )
     return row
@@ -398,12 +429,15 @@ def find_py_spy() -> str | None:
 async def profile(
     sessions: Sessions, gateway: Proc, upstream: Proc, seconds: int, opts: argparse.Namespace
 ) -> dict[str, Any] | None:
-    """Load the gateway at c=32 and sample it with py-spy: a flame graph, then collapsed stacks."""
+    """Load the gateway at c=`opts.profile_concurrency` and sample it with py-spy: a flame graph,
+    then collapsed stacks."""
     py_spy = find_py_spy()
     if py_spy is None:
         print("py-spy not found; skipping the profile (.venv/bin/pip install py-spy)")
         return None
+    c = opts.profile_concurrency
     stem = "profile" if sessions.client == "sdk" else f"profile-{sessions.client}"
+    stem += "" if c == 32 else f"-c{c}"
     svg, raw = OUT / f"{stem}.svg", OUT / f"{stem}.txt"
     result: dict[str, Any] = {}
 
@@ -417,11 +451,11 @@ async def profile(
             print(f"py-spy {fmt} failed: {done.stdout.decode(errors='replace')[-500:]}")
 
     async def load() -> None:
-        result["load"] = await drive(sessions.callers[:32], 10**9, 2 * seconds + 4)
+        result["load"] = await drive(sessions.callers[:c], 10**9, 2 * seconds + 4)
 
     for attempt in range(1, opts.retries + 2):
         print(
-            f"profiling the gateway (pid {gateway.pid}) under c=32 {sessions.client} {sessions.mode} load, "
+            f"profiling the gateway (pid {gateway.pid}) under c={c} {sessions.client} {sessions.mode} load, "
             f"2 x {seconds}s",
             flush=True,
         )
@@ -449,6 +483,7 @@ async def profile(
     summary["raw"] = str(raw.relative_to(ROOT))
     summary["client"] = sessions.client
     summary["mode"] = sessions.mode
+    summary["concurrency"] = c
     summary["throughput_under_profiler"] = round(len(latencies) / elapsed, 1)
     summary["other_cpu_util"] = round(other, 2)
     return summary
@@ -484,20 +519,22 @@ async def main(opts: argparse.Namespace) -> None:
         max_c = max(opts.concurrency)
         for client in opts.clients:
             for mode in opts.modes:
+                profile_here = opts.profile and prof is None and "gateway" in opts.targets
+                sessions = {}
                 for target in opts.targets:
                     url, token, tool = targets[target]
-                    sessions = Sessions(url, token, mode, tool, client)
-                    profile_here = (
-                        opts.profile and prof is None and target == "gateway" and mode == opts.modes[0]
-                    )
-                    try:
-                        await sessions.open(max(max_c, 32 if profile_here else 0))
-                        for c in opts.concurrency:
-                            rows.append(await run_case(sessions, c, target, gateway, upstream, opts))
-                        if profile_here:
-                            prof = await profile(sessions, gateway, upstream, opts.profile, opts)
-                    finally:
-                        await sessions.close()
+                    sessions[target] = Sessions(url, token, mode, tool, client)
+                try:
+                    for name, target in sessions.items():
+                        more = opts.profile_concurrency if profile_here and name == "gateway" else 0
+                        await target.open(max(max_c, more))
+                    for c in opts.concurrency:
+                        rows += await run_case(sessions, c, gateway, upstream, opts)
+                    if profile_here:
+                        prof = await profile(sessions["gateway"], gateway, upstream, opts.profile, opts)
+                finally:
+                    for target in sessions.values():
+                        await target.close()
         if gateway.popen.poll() is not None:
             print(f"the gateway died:\n{gateway.log_tail()}")
         gateway_log = gateway.log_tail(50)
@@ -513,6 +550,7 @@ async def main(opts: argparse.Namespace) -> None:
             "concurrency": opts.concurrency,
             "modes": opts.modes,
             "clients": opts.clients,
+            "rounds": opts.rounds,
         },
         "runs": rows,
         "profile": prof,
@@ -544,9 +582,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--clients", default="sdk", help="sdk (mcp.Client) and/or raw (bare aiohttp JSON-RPC); default sdk"
     )
     parser.add_argument("--targets", default="direct,gateway", help="direct and/or gateway")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="blocks per run, alternating between the targets (default 5)",
+    )
     parser.add_argument("--quick", action="store_true", help="warmup 50, 400 calls or 1.5 s per run")
     parser.add_argument(
-        "--profile", type=int, default=0, metavar="SECONDS", help="py-spy the gateway at c=32"
+        "--profile", type=int, default=0, metavar="SECONDS", help="py-spy the gateway under load"
+    )
+    parser.add_argument(
+        "--profile-concurrency", type=int, default=32, metavar="C", help="load while profiling (default 32)"
     )
     parser.add_argument(
         "--out", help="file name in bench/out (default overhead.json, overhead-raw.json, ...)"

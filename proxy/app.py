@@ -34,6 +34,7 @@ from proxy.gateway.endpoint import NAMESPACE_KEY, build_namespace_server, build_
 from proxy.gateway.fastpath import ToolCallFastPath
 from proxy.gateway.passthrough import Passthrough
 from proxy.gateway.passthrough import error_response as rpc_error_response
+from proxy.httpserver import GatewayHttpProtocol
 from proxy.settings import Settings
 from proxy.state import Gateway
 from proxy.store import open_store
@@ -334,6 +335,9 @@ def run(settings: Settings) -> None:
         # not advertise its server software.
         proxy_headers=False,
         server_header=False,
+        access_log=settings.access_log,
+        http=GatewayHttpProtocol,
+        ws="none",
     )
     print(
         f"mcp-junction {__version__} listening on http://{settings.host}:{settings.port}",

@@ -38,6 +38,7 @@ class Settings:
     reconnect_backoff_max: float = 30.0
     tool_names: str = "auto"
     log_level: str = "info"
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         if self.tool_names not in ("auto", "dotted", "safe"):

@@ -22,7 +22,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Message, Scope, Send
 
-from proxy import __version__
+from proxy import __version__, wirejson
 from proxy.auth.policy import Principal
 from proxy.directory import Directory
 from proxy.gateway.catalog import Catalog
@@ -53,7 +53,7 @@ def parse_request(body: bytes) -> tuple[Any, str, dict[str, Any]] | None:
     if b'"tools/' not in body:
         return None
     try:
-        message = json.loads(body)
+        message = wirejson.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
@@ -202,7 +202,7 @@ class ToolCallFastPath:
             payload: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "result": result}
         except MCPError as exc:
             payload = {"jsonrpc": "2.0", "id": request_id, "error": exc.error.model_dump(exclude_none=True)}
-        return json.dumps(payload, separators=(",", ":")).encode()
+        return wirejson.dumps(payload)
 
     async def _list(
         self,

@@ -20,7 +20,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from proxy import __version__
+from proxy import __version__, wirejson
 from proxy.upstream._http1 import Http1Pool, Response
 
 _ids = itertools.count(1)
@@ -53,32 +53,31 @@ class FastLane:
         self.protocol_version = protocol_version
         self.modern = protocol_version in MODERN_PROTOCOL_VERSIONS
         self.session_id = session_id
-
-    def _headers(self) -> dict[str, str]:
         headers = {
             "accept": "application/json, text/event-stream",
             "content-type": "application/json",
-            "mcp-protocol-version": self.protocol_version,
+            "mcp-protocol-version": protocol_version,
         }
-        if self.session_id and not self.modern:
-            headers["mcp-session-id"] = self.session_id
-        return headers
+        if session_id and not self.modern:
+            headers["mcp-session-id"] = session_id
+        self._meta = {
+            "io.modelcontextprotocol/protocolVersion": protocol_version,
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": _CLIENT_INFO,
+        }
+        self._reply_head = http.head(headers)
+        self._call_head = http.head({**headers, "mcp-method": "tools/call"} if self.modern else headers)
 
     async def call_tool(self, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
         """The upstream's raw result object; its JSON-RPC error as `MCPError`."""
         request_id = f"j{next(_ids)}"
         params: dict[str, Any] = {"name": name, "arguments": arguments or {}}
-        headers = self._headers()
+        extra = b""
         if self.modern:
-            params["_meta"] = {
-                "io.modelcontextprotocol/protocolVersion": self.protocol_version,
-                "io.modelcontextprotocol/clientCapabilities": {},
-                "io.modelcontextprotocol/clientInfo": _CLIENT_INFO,
-            }
-            headers["mcp-method"] = "tools/call"
-            headers["mcp-name"] = header_value(name)
-        body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params})
-        async with self.http.post(headers, body.encode()) as response:
+            params["_meta"] = self._meta
+            extra = b"mcp-name: " + header_value(name).encode() + b"\r\n"
+        body = wirejson.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params})
+        async with self.http.post(self._call_head, body, extra) as response:
             content_type = response.headers.get("content-type", "").lower()
             if content_type.startswith("text/event-stream") and response.status == 200:
                 async for data in _sse_data(response):
@@ -109,7 +108,7 @@ class FastLane:
             "id": request_id,
             "error": {"code": METHOD_NOT_FOUND, "message": f"{method} is not relayed on this call"},
         }
-        async with self.http.post(self._headers(), json.dumps(reply).encode()) as response:
+        async with self.http.post(self._reply_head, wirejson.dumps(reply)) as response:
             await response.read()
 
 
@@ -136,7 +135,7 @@ async def _sse_data(response: Response) -> AsyncIterator[str]:
 
 def _loads(data: str | bytes) -> Any:
     try:
-        return json.loads(data)
+        return wirejson.loads(data.encode() if isinstance(data, str) else data)
     except (ValueError, RecursionError) as exc:
         raise UpstreamRpcError(INTERNAL_ERROR, "the upstream sent a response that is not valid JSON") from exc
 
