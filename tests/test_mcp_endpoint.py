@@ -306,6 +306,50 @@ def test_fast_path_answers_like_the_sdk(gateway, modern_upstream) -> None:  # ty
             assert other.status_code == 404  # a session belongs to the credential that opened it
 
 
+def test_fast_path_hands_on_exact_values_and_large_results(gateway, modern_upstream) -> None:  # type: ignore[no-untyped-def]
+    """Raw 2026-07-28 requests: integers beyond 64 bits, floats, non-ASCII text and a result of
+    several megabytes come back exactly as the upstream sent them, over MCP and over REST."""
+    _setup(gateway, "exact", m=modern_upstream.url)
+    big = 2**70
+
+    def call(client: httpx2.Client, name: str, arguments: dict[str, Any]) -> Any:
+        headers = {
+            "accept": "application/json, text/event-stream",
+            "content-type": "application/json",
+            "mcp-protocol-version": "2026-07-28",
+            "mcp-method": "tools/call",
+            "mcp-name": name,
+        }
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
+        request = {
+            "jsonrpc": "2.0",
+            "id": "x1",
+            "method": "tools/call",
+            "params": {"name": name, "arguments": arguments, "_meta": meta},
+        }
+        answer = client.post("/mcp/exact", content=json.dumps(request), headers=headers)
+        assert answer.status_code == 200, answer.text
+        payload = json.loads(answer.content)  # the standard library keeps big integers exact
+        assert payload["id"] == "x1", payload
+        return payload["result"]
+
+    with gateway.client() as client:
+        assert call(client, "m.add", {"a": big, "b": 1})["structuredContent"] == {"sum": big + 1}
+        assert call(client, "m.add", {"a": 0.1, "b": 0.2})["structuredContent"] == {"sum": 0.1 + 0.2}
+        text = "héllo wörld \U0001f600 \u2028"
+        assert call(client, "m.echo", {"text": text})["content"][0]["text"] == text
+        blob = call(client, "m.blob", {"size": 3_000_000})["content"][0]["text"]
+        assert len(blob) == 3_000_000 and set(blob) == {"x"}
+        # The connection is still usable after a large result, and REST hands on the same values.
+        assert call(client, "m.echo", {"text": "after"})["content"][0]["text"] == "after"
+        rest = client.post("/exact/m/.tools/add", content=json.dumps({"a": big, "b": 2}))
+        assert rest.status_code == 200, rest.text
+        assert json.loads(rest.content)["structuredContent"] == {"sum": big + 2}
+
+
 def test_a_slow_listing_finishes_in_the_background(start_gateway, start_upstream, modern_upstream) -> None:  # type: ignore[no-untyped-def]
     gateway = start_gateway(JUNCTION_FANOUT_TIMEOUT="0.5")
     slow = start_upstream("slow", list_delay=1.5)

@@ -102,6 +102,11 @@ async def _fail(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
     return _text("boom", is_error=True)
 
 
+async def _blob(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+    size = min(int(args.get("size", 0)), 16 * 1024 * 1024)
+    return _text("x" * size)
+
+
 async def _headers(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
     request = ctx.request
     value = request.headers.get(str(args.get("name", "")), "") if isinstance(request, Request) else ""
@@ -146,6 +151,7 @@ STANDARD = [
         output_schema={"type": "object", "properties": {"sum": {"type": "number"}}, "required": ["sum"]},
     ),
     _spec("fail", "Always fails with 'boom'", _fail, _schema()),
+    _spec("blob", "Answer with `size` characters of text", _blob, _schema(size="number")),
     _spec(
         "headers",
         "The value of an HTTP request header as this server saw it",
