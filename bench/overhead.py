@@ -533,7 +533,8 @@ async def main(opts: argparse.Namespace) -> None:
                     if profile_here:
                         prof = await profile(sessions["gateway"], gateway, upstream, opts.profile, opts)
                 finally:
-                    for target in sessions.values():
+                    # Last opened, first closed: the SDK clients' cancel scopes nest.
+                    for target in reversed(sessions.values()):
                         await target.close()
         if gateway.popen.poll() is not None:
             print(f"the gateway died:\n{gateway.log_tail()}")

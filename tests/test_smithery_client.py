@@ -19,7 +19,7 @@ from _node import PACKAGES, Node, Run, ensure_node, installed_version
 pytestmark = pytest.mark.timeout(420)  # the first run installs the npm packages
 
 # The tool sets of the shared upstreams (tests/upstreams/server.py), sorted.
-MODERN_TOOLS = ["add", "echo", "fail", "headers", "sleep"]
+MODERN_TOOLS = ["add", "blob", "echo", "fail", "headers", "sleep"]
 LONG_NAME = "abcdefghi." * 9 + "abcdefghij"  # 100 characters
 DOTTED_TOOLS = sorted(["repo.search", "repo.get", "issues.create", "plain", "repo_search", LONG_NAME])
 

@@ -18,7 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 pytestmark = pytest.mark.anyio
 
-STANDARD_TOOLS = ["echo", "add", "fail", "headers", "sleep"]
+STANDARD_TOOLS = ["echo", "add", "fail", "blob", "headers", "sleep"]
 LONG_NAME = "abcdefghi." * 9 + "abcdefghij"
 SECRET = "sk-upstream-test-123"
 

@@ -150,8 +150,11 @@ class ToolCallFastPath:
             return None
         idle = transport.idle_scope
         if idle is not None and idle.deadline != math.inf:
-            # Keep the SDK session alive: fast-path requests are activity too.
-            idle.deadline = anyio.current_time() + (self._manager.session_idle_timeout or 0)
+            # Keep the SDK session alive: fast-path requests are activity too. Moving a deadline
+            # reschedules a timer, so move it only once it is a second behind.
+            deadline = anyio.current_time() + (self._manager.session_idle_timeout or 0)
+            if deadline - idle.deadline > 1.0:
+                idle.deadline = deadline
         return "legacy"
 
     async def handle(
