@@ -73,6 +73,7 @@ class _Connection(asyncio.Protocol):
         self._error: BaseException | None = None
         self._lost: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -102,6 +103,12 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
         self._lost = exc
+        self._wake()
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._error = TimeoutError("the upstream did not answer in time")
+        self.close()  # a half-read response leaves the connection unusable
         self._wake()
 
     def _wake(self) -> None:
@@ -142,10 +149,14 @@ class _Connection(asyncio.Protocol):
         finally:
             self._waiter = None
 
-    async def start(self, request: bytes) -> Response:
+    async def start(self, request: bytes, deadline: float | None) -> Response:
+        """Send `request`; its response once the head arrived. Past `deadline` (event-loop time)
+        every wait of this exchange raises TimeoutError."""
         self._chunks, self._buffered, self._headers = [], 0, {}
         self._headers_done = self._complete = self.received = False
         self._parser = httptools.HttpResponseParser(self)
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
         assert self.transport is not None
         self.transport.write(request)
         while not self._headers_done:
@@ -176,7 +187,14 @@ class _Connection(asyncio.Protocol):
             and not self.transport.is_closing()
         )
 
+    def done(self) -> None:
+        """The exchange is over: its deadline no longer applies."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def close(self) -> None:
+        self.done()
         if self.transport is not None:
             self.transport.close()
 
@@ -184,15 +202,16 @@ class _Connection(asyncio.Protocol):
 class _Exchange:
     """One request and its response; the connection goes back to the pool when the body was read."""
 
-    __slots__ = ("_pool", "_request", "_conn")
+    __slots__ = ("_pool", "_request", "_deadline", "_conn")
 
-    def __init__(self, pool: Http1Pool, request: bytes):
+    def __init__(self, pool: Http1Pool, request: bytes, deadline: float | None):
         self._pool = pool
         self._request = request
+        self._deadline = deadline
         self._conn: _Connection | None = None
 
     async def __aenter__(self) -> Response:
-        self._conn, response = await self._pool._send(self._request)  # noqa: SLF001
+        self._conn, response = await self._pool._send(self._request, self._deadline)  # noqa: SLF001
         return response
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -227,10 +246,13 @@ class Http1Pool:
         self._check_peer = check_peer
         self._idle: list[_Connection] = []
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, deadline: float | None) -> _Connection:
         loop = asyncio.get_running_loop()
+        timeout = self.connect_timeout
+        if deadline is not None and deadline - loop.time() < timeout:
+            timeout = max(0.0, deadline - loop.time())
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout(timeout):
                 transport, conn = await loop.create_connection(
                     _Connection,
                     self.host,
@@ -254,17 +276,18 @@ class Http1Pool:
         lines = [f"POST {self.path} HTTP/1.1"] + [f"{k}: {v}" for k, v in merged.items()]
         return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
-    def post(self, head: bytes, body: bytes, extra: bytes = b"") -> _Exchange:
+    def post(self, head: bytes, body: bytes, extra: bytes = b"", deadline: float | None = None) -> _Exchange:
         """`async with pool.post(head, body) as response:` one request on a pooled connection.
 
-        `head` comes from `head()`; `extra` is more header lines, each ending in CRLF."""
+        `head` comes from `head()`; `extra` is more header lines, each ending in CRLF. Past
+        `deadline` (event-loop time), connecting or reading raises TimeoutError."""
         length = b"content-length: %d\r\n\r\n" % len(body)
-        return _Exchange(self, b"".join((head, extra, length, body)))
+        return _Exchange(self, b"".join((head, extra, length, body)), deadline)
 
-    async def _send(self, request: bytes) -> tuple[_Connection, Response]:
-        conn = self._idle_connection() or await self._connect()
+    async def _send(self, request: bytes, deadline: float | None) -> tuple[_Connection, Response]:
+        conn = self._idle_connection() or await self._connect(deadline)
         try:
-            return conn, await conn.start(request)
+            return conn, await conn.start(request, deadline)
         except (ConnectionLost, ConnectionResetError, BrokenPipeError):
             conn.close()
             if not conn.reused or conn.received:
@@ -275,16 +298,17 @@ class Http1Pool:
         # A kept-alive connection the upstream closed before answering a single byte: it closed
         # it while idle, so the request was not processed. Send it once more.
         try:
-            conn = await self._connect()
+            conn = await self._connect(deadline)
         except RequestNotSent as exc:
             raise ConnectionLost("the upstream closed the connection") from exc
         try:
-            return conn, await conn.start(request)
+            return conn, await conn.start(request, deadline)
         except BaseException:
             conn.close()
             raise
 
     def _release(self, conn: _Connection) -> None:
+        conn.done()
         if conn.reusable and len(self._idle) < MAX_IDLE:
             conn.reused = True
             self._idle.append(conn)

@@ -68,8 +68,9 @@ class FastLane:
         self._reply_head = http.head(headers)
         self._call_head = http.head({**headers, "mcp-method": "tools/call"} if self.modern else headers)
 
-    async def call_tool(self, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
-        """The upstream's raw result object; its JSON-RPC error as `MCPError`."""
+    async def call_tool(self, name: str, arguments: dict[str, Any] | None, deadline: float) -> dict[str, Any]:
+        """The upstream's raw result object; its JSON-RPC error as `MCPError`; TimeoutError when
+        the exchange is not over by `deadline` (event-loop time)."""
         request_id = f"j{next(_ids)}"
         params: dict[str, Any] = {"name": name, "arguments": arguments or {}}
         extra = b""
@@ -77,7 +78,7 @@ class FastLane:
             params["_meta"] = self._meta
             extra = b"mcp-name: " + header_value(name).encode() + b"\r\n"
         body = wirejson.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params})
-        async with self.http.post(self._call_head, body, extra) as response:
+        async with self.http.post(self._call_head, body, extra, deadline) as response:
             content_type = response.headers.get("content-type", "").lower()
             if content_type.startswith("text/event-stream") and response.status == 200:
                 async for data in _sse_data(response):
@@ -87,7 +88,7 @@ class FastLane:
                     if "method" not in message and message.get("id") == request_id:
                         return _result(message)
                     if "method" in message and "id" in message:
-                        await self._decline(message["id"], message["method"])
+                        await self._decline(message["id"], message["method"], deadline)
                 raise MCPError(INTERNAL_ERROR, "the upstream closed the stream without answering")
             raw = await response.read()
             if content_type.startswith("application/json") and raw:
@@ -100,7 +101,7 @@ class FastLane:
                 raise MCPError(METHOD_NOT_FOUND, "Not Found")
             raise MCPError(INTERNAL_ERROR, f"the upstream answered HTTP {response.status}")
 
-    async def _decline(self, request_id: Any, method: str) -> None:
+    async def _decline(self, request_id: Any, method: str, deadline: float) -> None:
         # A server-to-client request (sampling, elicitation) on a fast-lane call cannot be relayed:
         # answer it at once so the upstream is not left waiting.
         reply = {
@@ -108,7 +109,7 @@ class FastLane:
             "id": request_id,
             "error": {"code": METHOD_NOT_FOUND, "message": f"{method} is not relayed on this call"},
         }
-        async with self.http.post(self._reply_head, wirejson.dumps(reply)) as response:
+        async with self.http.post(self._reply_head, wirejson.dumps(reply), deadline=deadline) as response:
             await response.read()
 
 

@@ -297,18 +297,27 @@ class UpstreamSession:
         self._pool.tools_changed(self.key)
 
     # requests
-    async def _with_retry(self, op: Callable[[Client], Awaitable[Any]], deadline: float, what: str) -> Any:
-        """Run `op` on the live client; reconnect and retry once when the request never reached
-        the upstream (session forgotten after a restart, or connection refused)."""
+    async def _with_retry(
+        self,
+        op: Callable[[Client], Awaitable[Any]],
+        limit: float,
+        what: str,
+        *,
+        timed_by_op: bool = False,
+    ) -> Any:
+        """Run `op` on the live client within `limit` seconds (or let `op` keep that time itself:
+        `timed_by_op`); reconnect and retry once when the request never reached the upstream
+        (session forgotten after a restart, or connection refused)."""
         for attempt in (1, 2):
             client = await self.client()
             live = self._live
             try:
-                # asyncio's timeout costs a fraction of anyio's cancel scope on this hot path.
-                async with asyncio.timeout(deadline):
+                if timed_by_op:
+                    return await op(client)
+                async with asyncio.timeout(limit):
                     return await op(client)
             except TimeoutError as exc:
-                raise UpstreamTimeout(f"{what} timed out after {deadline:g} s") from exc
+                raise UpstreamTimeout(f"{what} timed out after {limit:g} s") from exc
             except UpstreamRpcError:
                 raise  # the upstream's own answer to this request: pass it on unchanged
             except MCPError as exc:
@@ -412,15 +421,19 @@ class UpstreamSession:
     async def call_tool(self, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
         """Call a tool; the upstream's result object, unchanged (content, structuredContent, isError)."""
         slow = name in self._header_tools
+        timeout = self.config.call_timeout
 
         async def call(client: Client) -> dict[str, Any]:
             live = self._live
             if not slow and live is not None and live.client is client and live.fastlane is not None:
-                return await live.fastlane.call_tool(name, arguments)
-            result = await client.call_tool(name, arguments)
+                # The fast lane keeps the deadline on its connection: no timeout scope per call.
+                deadline = asyncio.get_running_loop().time() + timeout
+                return await live.fastlane.call_tool(name, arguments, deadline)
+            async with asyncio.timeout(timeout):
+                result = await client.call_tool(name, arguments)
             return result.model_dump(mode="json", by_alias=True, exclude_none=True)
 
-        return await self._with_retry(call, self.config.call_timeout, f"tool {name!r}")
+        return await self._with_retry(call, timeout, f"tool {name!r}", timed_by_op=True)
 
     async def request(self, method: str, params: dict[str, Any] | None, result_type: type[Any]) -> Any:
         """Forward any other request (resources, prompts, completion) unchanged."""
