@@ -18,6 +18,9 @@ from proxy.store import ApiKeyRecord, Store
 KEY_PREFIX = "jct_"
 
 
+_ENV_ADMIN = Principal(kind="api_key", id="env", name="JUNCTION_ADMIN_KEY")
+
+
 def hash_key(key: str) -> str:
     # Keys carry 256 bits of randomness, so a fast hash is as strong as a slow one here.
     return hashlib.sha256(key.encode()).hexdigest()
@@ -63,7 +66,7 @@ class ApiKeys:
             return None
         digest = hash_key(presented)
         if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
-            return Principal(kind="api_key", id="env", name="JUNCTION_ADMIN_KEY")
+            return _ENV_ADMIN
         cached = self._valid.get(digest)
         if cached is not None:
             return cached
