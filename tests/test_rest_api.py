@@ -366,3 +366,14 @@ def test_hostile_bodies_get_clean_errors(gateway, modern_upstream) -> None:  # t
         )
         assert bad_value.status_code == 400 and "caf" not in bad_value.text
         assert client.post(f"/{ns}/m/.tools/echo", json={"text": "still serving"}).status_code == 200
+
+
+def test_access_log_is_off_by_default_and_can_be_turned_on(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    quiet = start_gateway(JUNCTION_LOG_LEVEL="info")
+    loud = start_gateway(JUNCTION_LOG_LEVEL="info", JUNCTION_ACCESS_LOG="1")
+    for gateway in (quiet, loud):
+        with gateway.client() as client:
+            assert client.get("/namespaces").status_code == 200
+    assert '"GET /namespaces HTTP/1.1" 200' not in quiet.logs()
+    assert '"GET /namespaces HTTP/1.1" 200' in loud.logs()
+    assert loud.admin_key not in loud.logs()  # the request line never carries the key
