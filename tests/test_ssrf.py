@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from proxy.errors import UpstreamRefused, ValidationFailed
-from proxy.upstream.ssrf import check_upstream_url, classify
+from proxy.upstream.ssrf import check_address, check_upstream_url, classify, resolve_checked
 
 
 @pytest.mark.parametrize(
@@ -47,3 +47,31 @@ def test_metadata_address_is_refused_even_when_private_is_allowed() -> None:
 def test_bad_urls_are_validation_errors(url: str) -> None:
     with pytest.raises(ValidationFailed):
         anyio.run(check_upstream_url, url, True)
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "127.0.0.1", "10.1.2.3", "::1", "169.254.169.254", "fe80::1"])
+@pytest.mark.parametrize("allow_private", [False, True])
+def test_url_check_and_socket_check_make_the_same_decision(address: str, allow_private: bool) -> None:
+    """`check_upstream_url` and `resolve_checked` both come down to `check_address`."""
+
+    def outcome(check: object, *args: object) -> str:
+        try:
+            anyio.run(check, *args)  # type: ignore[arg-type]
+        except UpstreamRefused as exc:
+            return str(exc)
+        return "allowed"
+
+    ip = ipaddress.ip_address(address)
+    host = f"[{address}]" if ip.version == 6 else address
+    decision = outcome(_async(check_address), address, ip, allow_private)
+    assert outcome(check_upstream_url, f"http://{host}:9/mcp", allow_private) == decision
+    assert outcome(resolve_checked, address, 9, allow_private) == decision
+    kind = classify(ip)
+    assert (decision == "allowed") == (kind == "public" or (kind == "private" and allow_private))
+
+
+def _async(function: object) -> object:
+    async def call(*args: object) -> None:
+        function(*args)  # type: ignore[operator]
+
+    return call

@@ -1,9 +1,13 @@
-"""Refuse upstream URLs that resolve into networks a gateway must not reach on a user's behalf."""
+"""Refuse upstream hosts that resolve into networks a gateway must not reach on a user's behalf.
+
+`check_address` is the one decision; `resolve_checked` applies it to every address of a host, and
+`proxy/upstream/_pinned.py` connects sockets only to the addresses it returned."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import anyio
@@ -20,6 +24,8 @@ _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _SETTING = "JUNCTION_ALLOW_PRIVATE_UPSTREAMS=1 (config allow_private_upstreams)"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# What `resolve_checked` asks: (host, port) -> addresses, in order. Raises OSError when there are none.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
 def validate_url_syntax(url: str) -> None:
@@ -50,25 +56,61 @@ def classify(ip: IPAddress) -> str:
     return "public"
 
 
+def check_address(host: str, ip: IPAddress, allow_private: bool) -> None:
+    """Raise `UpstreamRefused` unless the policy lets the gateway reach `ip` when asked for `host`.
+
+    The one SSRF decision: URL checks and every upstream socket go through it."""
+    kind = classify(ip)
+    if kind == "forbidden":
+        raise UpstreamRefused(
+            f"upstream host {host!r} resolves to {ip}, a link-local or cloud-metadata address; refused"
+        )
+    if kind == "private" and not allow_private:
+        raise UpstreamRefused(
+            f"upstream host {host!r} resolves to {ip}, a loopback or private address; set {_SETTING} to allow it"
+        )
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses the operating system's resolver gives for `host`, in its order."""
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+async def resolve_checked(
+    host: str, port: int, allow_private: bool, *, resolver: Resolver | None = None
+) -> list[str]:
+    """Resolve `host` once and return its addresses, in resolution order, if the policy allows them all.
+
+    Connect to these addresses, never to `host` again: a second lookup could answer differently
+    (DNS rebinding). One forbidden address refuses the host, as a client could pick any of them.
+    IP literals skip DNS. Raises `UpstreamRefused`, or `UpstreamUnavailable` when `host` does not
+    resolve."""
+    literal = _ip_literal(host)
+    if literal is not None:
+        check_address(host, literal, allow_private)
+        return [str(literal)]
+    try:
+        addresses = list(dict.fromkeys(await (resolver or system_resolver)(host, port)))
+    except (OSError, UnicodeError) as exc:
+        raise UpstreamUnavailable(f"cannot resolve upstream host {host!r}") from exc
+    if not addresses:
+        raise UpstreamUnavailable(f"cannot resolve upstream host {host!r}")
+    for address in addresses:
+        check_address(host, ipaddress.ip_address(address), allow_private)
+    return addresses
+
+
 async def check_upstream_url(url: str, allow_private: bool) -> None:
     """Resolve the URL's host and refuse it if any address is off limits."""
     validate_url_syntax(url)
     parts = urlsplit(url)
-    host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    await resolve_checked(parts.hostname or "", port, allow_private)
+
+
+def _ip_literal(host: str) -> IPAddress | None:
     try:
-        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise UpstreamUnavailable(f"cannot resolve upstream host {host!r}") from exc
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0])
-        kind = classify(ip)
-        if kind == "forbidden":
-            raise UpstreamRefused(
-                f"upstream host {host!r} resolves to {ip}, a link-local or cloud-metadata address; refused"
-            )
-        if kind == "private" and not allow_private:
-            raise UpstreamRefused(
-                f"upstream host {host!r} resolves to {ip}, a loopback or private address; "
-                f"set {_SETTING} to allow it"
-            )
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return None
