@@ -39,8 +39,3 @@ def describe_failure(exc: BaseException) -> str:
     if name in ("ValidationError", "JSONDecodeError"):
         return "the upstream server sent a response that is not valid MCP"
     return f"the upstream server failed ({name})"
-
-
-def is_session_expired(exc: BaseException) -> bool:
-    """True when the upstream forgot our session (HTTP 404 on a session), so re-initializing helps."""
-    return isinstance(exc, MCPError) and exc.code == -32600 and "session" in exc.error.message.lower()

@@ -202,24 +202,45 @@ class _Connection(asyncio.Protocol):
 class _Exchange:
     """One request and its response; the connection goes back to the pool when the body was read."""
 
-    __slots__ = ("_pool", "_request", "_deadline", "_conn")
+    __slots__ = ("_pool", "_request", "_deadline", "_conn", "_slot")
 
     def __init__(self, pool: Http1Pool, request: bytes, deadline: float | None):
         self._pool = pool
         self._request = request
         self._deadline = deadline
         self._conn: _Connection | None = None
+        self._slot = False
 
     async def __aenter__(self) -> Response:
-        self._conn, response = await self._pool._send(self._request, self._deadline)  # noqa: SLF001
+        pool = self._pool
+        slots = pool._slots  # noqa: SLF001
+        if slots.locked():
+            loop = asyncio.get_running_loop()
+            wait = None if self._deadline is None else max(0.0, self._deadline - loop.time())
+            async with asyncio.timeout(wait):
+                await slots.acquire()
+        else:
+            await slots.acquire()  # free: returns without suspending
+        self._slot = True
+        try:
+            self._conn, response = await pool._send(self._request, self._deadline)  # noqa: SLF001
+        except BaseException:
+            self._slot = False
+            slots.release()
+            raise
         return response
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         assert self._conn is not None
-        if exc_type is None:
-            self._pool._release(self._conn)  # noqa: SLF001
-        else:
-            self._conn.close()
+        try:
+            if exc_type is None:
+                self._pool._release(self._conn)  # noqa: SLF001
+            else:
+                self._conn.close()
+        finally:
+            if self._slot:
+                self._slot = False
+                self._pool._slots.release()  # noqa: SLF001
 
 
 class Http1Pool:
@@ -232,6 +253,7 @@ class Http1Pool:
         connect_timeout: float,
         tls: ssl.SSLContext | None = None,
         check_peer: Callable[[str], bool] | None = None,
+        max_connections: int = 100,
     ):
         parts = urlsplit(url)
         self.host = parts.hostname or ""
@@ -245,6 +267,8 @@ class Http1Pool:
         self.connect_timeout = connect_timeout
         self._check_peer = check_peer
         self._idle: list[_Connection] = []
+        # At most this many exchanges (so connections) at once, as the SDK path's httpx2 limits.
+        self._slots = asyncio.Semaphore(max_connections)
 
     async def _connect(self, deadline: float | None) -> _Connection:
         loop = asyncio.get_running_loop()

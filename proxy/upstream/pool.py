@@ -9,6 +9,7 @@ Nothing here reads the database: configs are handed in by the caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import itertools
@@ -23,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.abc
 import httpx2
 import mcp.types as types
 from anyio.abc import TaskGroup, TaskStatus
@@ -33,16 +35,28 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.jsonrpc import CONNECTION_CLOSED
 from pydantic import TypeAdapter, ValidationError
 
-from proxy import __version__
+from proxy import __version__, wire
 from proxy.errors import JunctionError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from proxy.upstream._describe import describe_failure, is_session_expired
+from proxy.upstream._describe import describe_failure
 from proxy.upstream._http1 import Http1Pool, RequestNotSent
-from proxy.upstream.fastlane import FastLane, UpstreamRpcError, uses_mcp_headers
+from proxy.upstream.credentials import Credentials, CredentialsAuth, StaticCredentials
+from proxy.upstream.fastlane import (
+    FastLane,
+    NotificationSink,
+    ResultTooLarge,
+    SessionExpired,
+    Unauthorized,
+    UpstreamRpcError,
+    uses_mcp_headers,
+)
 from proxy.upstream.ssrf import check_upstream_url, classify
 
 log = logging.getLogger("junction.upstream")
 
-MAX_TOOL_PAGES = 50
+# How often a session that is down (or up and in use) checks that its upstream answers TCP: a
+# restarted upstream is in use again within this long, with or without traffic.
+PROBE_INTERVAL = 0.5
+PROBE_INTERVAL_CONNECTED = 1.0
 _CLIENT_REQUEST: TypeAdapter[Any] = TypeAdapter(types.ClientRequest)
 _versions = itertools.count(1)
 Key = tuple[str, str]
@@ -67,8 +81,17 @@ class _Live:
     closed: anyio.Event
     done: anyio.Event
     transport: str
+    wire_state: _WireState
     error: BaseException | None = None
     fastlane: FastLane | None = None
+
+
+@dataclass
+class _WireState:
+    """What the SDK path's HTTP client saw: the session id, and whether the upstream forgot it."""
+
+    session_ids: list[str] = field(default_factory=list)
+    session_lost: bool = False
 
 
 @functools.cache
@@ -97,6 +120,7 @@ class UpstreamSession:
         self._pool = pool
         self.key = key
         self.config = config
+        self.credentials: Credentials = pool.credentials_for(key, config)
         self._live: _Live | None = None
         self._connect_lock = anyio.Lock()
         self._failures = 0
@@ -104,6 +128,10 @@ class UpstreamSession:
         self._last_error = ""
         self._last_kind: type[JunctionError] = UpstreamUnavailable
         self._transport_hint: str | None = None
+        self._closed = False  # removed from the pool: never reconnect
+        self._watching = False
+        self._inflight = 0
+        self._idle_event: anyio.Event | None = None
         self.last_used = time.monotonic()
         self.server_info: dict[str, Any] | None = None
         self.protocol_version: str | None = None
@@ -116,6 +144,7 @@ class UpstreamSession:
         # Tools whose calls must mirror arguments into Mcp-Param-* headers: the SDK does that.
         self._header_tools: frozenset[str] = frozenset()
         self._tools_error: JunctionError | None = None
+        self._tools_failed_at = 0.0
 
     @property
     def connected(self) -> bool:
@@ -150,23 +179,77 @@ class UpstreamSession:
                         f"connecting to the upstream timed out after {self.config.connect_timeout:g} s"
                     ) from exc
                 raise UpstreamUnavailable(message) from exc
+            if self._failures:
+                log.warning("upstream %s/%s reconnected", *self.key)
             self._failures = 0
             self._retry_at = 0.0
             await self._set_state({"state": "connected"})
+            self._watch()
             return self._live.client
 
     async def _failed(self, message: str, kind: type[JunctionError] = UpstreamUnavailable) -> None:
         self._last_kind = kind
         self._failures += 1
-        backoff = min(self._pool.backoff_max, 0.5 * 2 ** (self._failures - 1))
+        backoff = min(self._pool.backoff_max, 0.25 * 2 ** (self._failures - 1))
         self._retry_at = time.monotonic() + (backoff if self._failures > 1 else 0.0)
+        if message != self._last_error or self._failures == 1:
+            log.warning("upstream %s/%s unavailable: %s", *self.key, message)
         self._last_error = message
         await self._set_state({"state": "error", "message": message})
+        self._watch()
 
     async def _set_state(self, status: dict[str, Any]) -> None:
         if status != self.status:
             self.status = status
             await self._pool.state_changed(self.key, status, self.server_info)
+
+    # watching: status follows the upstream, and a restarted upstream is used again at once
+    def _watch(self) -> None:
+        if not self._watching and not self._closed:
+            self._watching = True
+            self._pool.task_group.start_soon(self._watch_loop)
+
+    async def _watch_loop(self) -> None:
+        """While the session is in use or down: probe the upstream's TCP port every PROBE_INTERVAL.
+        A refused probe marks a connected session down; an answering one after a failure
+        reconnects at once (the backoff only spaces attempts at an upstream that answers TCP but
+        fails MCP). Stops when the session is closed, or idle and healthy or idle for too long."""
+        try:
+            was_reachable = True
+            while not self._closed:
+                await anyio.sleep(PROBE_INTERVAL_CONNECTED if self.connected else PROBE_INTERVAL)
+                if time.monotonic() - self.last_used > self._pool.idle_timeout:
+                    return
+                reachable = await self._reachable()
+                if self._closed:
+                    return
+                if self.connected:
+                    if not reachable:
+                        self._forget(self._live.client if self._live else None)
+                        await self._failed("cannot connect to the upstream server (it stopped answering)")
+                elif reachable:
+                    if not was_reachable:
+                        self._retry_at = 0.0  # it just came back: no reason to wait
+                    if time.monotonic() >= self._retry_at:
+                        with contextlib.suppress(Exception):
+                            await self.client()
+                was_reachable = reachable
+        finally:
+            self._watching = False
+
+    async def _reachable(self) -> bool:
+        parts = urlsplit(self.config.url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            with anyio.fail_after(min(2.0, self.config.connect_timeout)):
+                stream = await anyio.connect_tcp(host, port)
+        except (OSError, TimeoutError):
+            return False
+        peer = stream.extra(anyio.abc.SocketAttribute.remote_address)
+        await stream.aclose()
+        address = peer[0] if isinstance(peer, tuple) else str(peer)
+        return self._pool.peer_allowed(str(address))
 
     def _transports(self) -> list[str]:
         if self._transport_hint:
@@ -193,21 +276,30 @@ class UpstreamSession:
             )
         raise errors[0]
 
-    def _http_client(self, session_ids: list[str]) -> httpx2.AsyncClient:
+    def _http_client(self, state: _WireState) -> httpx2.AsyncClient:
         c = self.config
 
-        async def remember_session(response: httpx2.Response) -> None:
+        async def watch_session(response: httpx2.Response) -> None:
             session_id = response.headers.get("mcp-session-id")
             if session_id:
-                session_ids.append(session_id)
+                state.session_ids.append(session_id)
+            status = response.status_code
+            if status in (400, 404) and "mcp-session-id" in response.request.headers:
+                message: wire.Message | None = None
+                if status == 400 and response.headers.get("content-type", "").startswith("application/json"):
+                    # Read now (httpx keeps the bytes for the SDK) to see what the error is about.
+                    with contextlib.suppress(wire.WireError, httpx2.HTTPError):
+                        message = wire.decode(await response.aread())
+                if wire.session_expired(status, message):
+                    state.session_lost = True
 
         return httpx2.AsyncClient(
             verify=_tls_context(),
-            headers=c.headers,
+            auth=CredentialsAuth(self.credentials),
             timeout=httpx2.Timeout(c.connect_timeout, read=max(c.call_timeout, c.list_timeout) + 5),
-            limits=httpx2.Limits(max_connections=256, max_keepalive_connections=64),
+            limits=httpx2.Limits(max_connections=self._pool.max_connections, max_keepalive_connections=64),
             follow_redirects=False,
-            event_hooks={"response": [remember_session]},
+            event_hooks={"response": [watch_session]},
         )
 
     async def _run(self, kind: str, *, task_status: TaskStatus[_Live]) -> None:
@@ -215,21 +307,21 @@ class UpstreamSession:
         started = False
         live: _Live | None = None
         http: httpx2.AsyncClient | None = None
-        session_ids: list[str] = []
+        state = _WireState()
         try:
             async with AsyncExitStack() as stack:
                 if kind == "sse":
                     c = self.config
+                    auth = CredentialsAuth(self.credentials)
                     transport = sse_client(
                         c.url,
-                        headers=c.headers,
                         timeout=c.connect_timeout,
                         sse_read_timeout=max(c.call_timeout, 300.0) + 5,
-                        httpx_client_factory=_sse_http_client,
+                        httpx_client_factory=functools.partial(_sse_http_client, auth=auth),
                     )
                     mode = "legacy"
                 else:
-                    http = await stack.enter_async_context(self._http_client(session_ids))
+                    http = await stack.enter_async_context(self._http_client(state))
                     transport = streamable_http_client(self.config.url, http_client=http)
                     mode = "auto"
                 client = Client(
@@ -246,18 +338,25 @@ class UpstreamSession:
                 self.server_info = (
                     info.model_dump(mode="json", by_alias=True, exclude_none=True) if info else None
                 )
-                live = _Live(client=client, closed=closed, done=done, transport=kind)
+                live = _Live(client=client, closed=closed, done=done, transport=kind, wire_state=state)
                 if http is not None:
-                    session_id = session_ids[-1] if session_ids else None
+                    session_id = state.session_ids[-1] if state.session_ids else None
                     fast_http = Http1Pool(
                         self.config.url,
-                        self.config.headers,
+                        {},
                         self.config.connect_timeout,
                         _tls_context(),
                         check_peer=self._pool.peer_allowed,
+                        max_connections=self._pool.max_connections,
                     )
                     stack.callback(fast_http.close)
-                    live.fastlane = FastLane(fast_http, client.protocol_version, session_id)
+                    live.fastlane = FastLane(
+                        fast_http,
+                        client.protocol_version,
+                        session_id,
+                        self.credentials,
+                        self._pool.max_result_bytes,
+                    )
                 started = True
                 task_status.started(live)
                 await closed.wait()
@@ -266,11 +365,13 @@ class UpstreamSession:
                 raise
             if live is not None:
                 live.error = exc
-            message = describe_failure(exc)
-            log.info("upstream %s/%s session ended: %s", *self.key, message)
-            self._failures += 1
-            self._last_error = message
-            await self._set_state({"state": "error", "message": message})
+            if self._live is live and not closed.is_set():
+                message = describe_failure(exc)
+                self._failures += 1
+                self._last_error = message
+                log.warning("upstream %s/%s session ended: %s", *self.key, message)
+                await self._set_state({"state": "error", "message": message})
+                self._watch()
         finally:
             done.set()
 
@@ -281,7 +382,17 @@ class UpstreamSession:
             with anyio.move_on_after(5, shield=True):
                 await live.done.wait()
 
-    def _forget(self, live_client: Client) -> None:
+    async def discard(self, grace: float = 0.0) -> None:
+        """Close for good: the connection was removed or replaced. Requests in flight get up to
+        `grace` seconds to finish first (a headers change must not break them)."""
+        self._closed = True
+        if self._inflight and grace > 0:
+            self._idle_event = anyio.Event()
+            with anyio.move_on_after(grace):
+                await self._idle_event.wait()
+        await self.close()
+
+    def _forget(self, live_client: Client | None) -> None:
         live = self._live
         if live is not None and live.client is live_client:
             live.closed.set()
@@ -308,6 +419,17 @@ class UpstreamSession:
         """Run `op` on the live client within `limit` seconds (or let `op` keep that time itself:
         `timed_by_op`); reconnect and retry once when the request never reached the upstream
         (session forgotten after a restart, or connection refused)."""
+        self._inflight += 1
+        try:
+            return await self._attempts(op, limit, what, timed_by_op)
+        finally:
+            self._inflight -= 1
+            if not self._inflight and self._idle_event is not None:
+                self._idle_event.set()
+
+    async def _attempts(
+        self, op: Callable[[Client], Awaitable[Any]], limit: float, what: str, timed_by_op: bool
+    ) -> Any:
         for attempt in (1, 2):
             client = await self.client()
             live = self._live
@@ -317,11 +439,18 @@ class UpstreamSession:
                 async with asyncio.timeout(limit):
                     return await op(client)
             except TimeoutError as exc:
+                log.warning("upstream %s/%s: %s timed out after %g s", *self.key, what, limit)
                 raise UpstreamTimeout(f"{what} timed out after {limit:g} s") from exc
+            except SessionExpired as exc:
+                self._forget(client)
+                if attempt == 1:
+                    continue
+                raise UpstreamUnavailable("the upstream server keeps forgetting its session") from exc
             except UpstreamRpcError:
                 raise  # the upstream's own answer to this request: pass it on unchanged
             except MCPError as exc:
-                if is_session_expired(exc):
+                if live is not None and live.wire_state.session_lost:
+                    # The upstream forgot the session (a restart): the request was not executed.
                     self._forget(client)
                     if attempt == 1:
                         continue
@@ -339,6 +468,11 @@ class UpstreamSession:
                 )
                 await self._failed(message)
                 raise UpstreamUnavailable(message) from exc
+            except Unauthorized as exc:
+                log.warning("upstream %s/%s refused the gateway's credentials", *self.key)
+                raise UpstreamError(str(exc)) from exc
+            except ResultTooLarge as exc:
+                raise UpstreamError(str(exc)) from exc
             except JunctionError:
                 raise
             except (OSError, httpx2.HTTPError, ConnectionError) as exc:
@@ -347,8 +481,12 @@ class UpstreamSession:
                     continue
                 await self._failed(describe_failure(exc))
                 raise UpstreamUnavailable(describe_failure(exc)) from exc
+            except wire.WireError as exc:
+                log.warning("upstream %s/%s broke the protocol: %s", *self.key, exc.message)
+                raise UpstreamError(f"the upstream broke the MCP protocol: {exc.message}") from exc
             except Exception as exc:
                 # The transport is fine; the answer was not usable (bad JSON, invalid result).
+                log.warning("upstream %s/%s: %s failed: %s", *self.key, what, describe_failure(exc))
                 raise UpstreamError(describe_failure(exc)) from exc
         raise UpstreamUnavailable(self._last_error or "the upstream server is unavailable")
 
@@ -366,11 +504,23 @@ class UpstreamSession:
             return self._tools
         return None
 
+    def recent_tools_error(self) -> JunctionError | None:
+        """The failure of the last listing while it is fresh: a broken upstream is not asked again
+        by every listing; a background refresh retries it."""
+        if (
+            self._tools_error is not None
+            and time.monotonic() - self._tools_failed_at < self._pool.failure_ttl
+        ):
+            return self._tools_error
+        return None
+
     async def list_tools(self, *, wait: float | None = None) -> list[types.Tool]:
         """Every tool of the upstream (all pages), cached until it changes or ages out.
 
         A refresh runs in the pool's task group, so a caller that stops waiting after `wait`
-        seconds leaves it running and the next caller finds the list cached.
+        seconds leaves it running and the next caller finds the list cached. A failure is
+        remembered for a short time (`recent_tools_error`), during which callers get it at once
+        while a refresh runs in the background.
         """
         self.last_used = time.monotonic()
         tools = self.cached_tools()
@@ -380,27 +530,37 @@ class UpstreamSession:
         if inflight is None:
             inflight = self._tools_inflight = anyio.Event()
             self._pool.task_group.start_soon(self._refresh_tools, inflight)
+        recent = self.recent_tools_error()
+        if recent is not None:
+            raise recent
         timeout = self.config.list_timeout if wait is None else wait
         try:
             with anyio.fail_after(timeout):
                 await inflight.wait()
         except TimeoutError as exc:
-            raise UpstreamTimeout(f"listing tools timed out after {timeout:g} s") from exc
+            error = UpstreamTimeout(f"listing tools timed out after {timeout:g} s")
+            self._tools_error, self._tools_failed_at = error, time.monotonic()
+            raise error from exc
         if self._tools_error is not None:
             raise self._tools_error
         assert self._tools is not None
         return self._tools
 
     async def _refresh_tools(self, done: anyio.Event) -> None:
+        max_pages = self._pool.max_tool_pages
+        truncated = False
+
         async def walk(client: Client) -> list[types.Tool]:
+            nonlocal truncated
             tools: list[types.Tool] = []
             cursor: str | None = None
-            for _ in range(MAX_TOOL_PAGES):
+            for _ in range(max_pages):
                 page = await client.list_tools(cursor=cursor)
                 tools.extend(page.tools)
                 cursor = page.next_cursor
                 if cursor is None:
-                    break
+                    return tools
+            truncated = True
             return tools
 
         try:
@@ -408,6 +568,15 @@ class UpstreamSession:
             self._tools, self._tools_at, self._tools_error = tools, time.monotonic(), None
             self.tools_version = next(_versions)
             self._header_tools = frozenset(t.name for t in tools if uses_mcp_headers(t.input_schema))
+            if truncated:
+                log.warning("upstream %s/%s has more than %d pages of tools", *self.key, max_pages)
+                await self._set_state(
+                    {
+                        "state": "connected",
+                        "message": f"the tool list was cut at {max_pages} pages (setting max_tool_pages)",
+                    }
+                )
+            self._pool.tools_changed(self.key)
         except JunctionError as exc:
             self._tools_error = exc
         except MCPError as exc:
@@ -415,11 +584,23 @@ class UpstreamSession:
         except Exception as exc:
             self._tools_error = UpstreamUnavailable(describe_failure(exc))
         finally:
+            if self._tools_error is not None:
+                self._tools_failed_at = time.monotonic()
             self._tools_inflight = None
             done.set()
 
-    async def call_tool(self, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
-        """Call a tool; the upstream's result object, unchanged (content, structuredContent, isError)."""
+    async def call_tool(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None,
+        *,
+        meta: dict[str, Any] | None = None,
+        notify: NotificationSink | None = None,
+    ) -> dict[str, Any]:
+        """Call a tool; the upstream's result object, unchanged (content, structuredContent, isError).
+
+        `meta` goes into the request's `_meta` (a progressToken); `notify` receives what the
+        upstream says about the call meanwhile (progress)."""
         slow = name in self._header_tools
         timeout = self.config.call_timeout
 
@@ -428,10 +609,11 @@ class UpstreamSession:
             if not slow and live is not None and live.client is client and live.fastlane is not None:
                 # The fast lane keeps the deadline on its connection: no timeout scope per call.
                 deadline = asyncio.get_running_loop().time() + timeout
-                return await live.fastlane.call_tool(name, arguments, deadline)
+                return await live.fastlane.call_tool(name, arguments, deadline, meta=meta, notify=notify)
             async with asyncio.timeout(timeout):
                 result = await client.call_tool(name, arguments)
-            return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+            dumped: dict[str, Any] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+            return dumped
 
         return await self._with_retry(call, timeout, f"tool {name!r}", timed_by_op=True)
 
@@ -474,13 +656,23 @@ class ConnectionPool:
         allow_private: bool,
         tools_ttl: float,
         idle_timeout: float,
-        backoff_max: float = 30.0,
+        backoff_max: float = 5.0,
+        max_connections: int = 100,
+        max_result_bytes: int = 32 * 1024 * 1024,
+        max_tool_pages: int = 1000,
+        failure_ttl: float = 5.0,
+        credentials_for: Callable[[Key, UpstreamConfig], Credentials] | None = None,
     ):
         self.task_group = task_group
         self.allow_private = allow_private
         self.tools_ttl = tools_ttl
         self.idle_timeout = idle_timeout
         self.backoff_max = backoff_max
+        self.max_connections = max_connections
+        self.max_result_bytes = max_result_bytes
+        self.max_tool_pages = max_tool_pages
+        self.failure_ttl = failure_ttl
+        self.credentials_for = credentials_for or (lambda _key, config: StaticCredentials(config.headers))
         self._sessions: dict[Key, UpstreamSession] = {}
         self._state_listeners: list[StateListener] = []
         self._tools_listeners: list[ToolsChangedListener] = []
@@ -518,7 +710,8 @@ class ConnectionPool:
         if current is not None and current.config == config:
             return current
         if current is not None:
-            self.task_group.start_soon(current.close)
+            # Calls in flight on the old session finish there; new calls use the new one.
+            self.task_group.start_soon(current.discard, current.config.call_timeout)
         session = UpstreamSession(self, key, config)
         self._sessions[key] = session
         return session
@@ -526,7 +719,7 @@ class ConnectionPool:
     async def remove(self, key: Key) -> None:
         session = self._sessions.pop(key, None)
         if session is not None:
-            await session.close()
+            await session.discard()
 
     async def remove_namespace(self, namespace: str) -> None:
         for key in [k for k in self._sessions if k[0] == namespace]:
@@ -548,7 +741,7 @@ class ConnectionPool:
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
             for session in list(self._sessions.values()):
-                await session.close()
+                await session.discard()
         self._sessions.clear()
 
 
