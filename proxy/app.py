@@ -6,7 +6,7 @@ import contextlib
 import gc
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
 import anyio
@@ -28,16 +28,17 @@ from proxy.auth.keys import ApiKeys
 from proxy.auth.middleware import PRINCIPAL_KEY, AuthMiddleware
 from proxy.auth.policy import Principal, require
 from proxy.directory import Directory
-from proxy.errors import JunctionError, MethodNotAllowed, NotFound
+from proxy.errors import ConfigError, JunctionError, MethodNotAllowed, NotFound
 from proxy.gateway.catalog import Catalog
 from proxy.gateway.endpoint import NAMESPACE_KEY, build_namespace_server, build_session_manager
 from proxy.gateway.fastpath import ToolCallFastPath
 from proxy.gateway.passthrough import Passthrough
 from proxy.gateway.passthrough import error_response as rpc_error_response
 from proxy.httpserver import GatewayHttpProtocol
+from proxy.redact import LOG_REDACTION
 from proxy.settings import Settings
 from proxy.state import Gateway
-from proxy.store import open_store
+from proxy.store import Store, open_store
 from proxy.upstream import ConnectionPool
 from proxy.vault import Vault
 
@@ -218,12 +219,17 @@ ROUTES: list[Route] = [
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    # uvicorn has set up its handlers by now: scrub credentials from every log line they write.
+    LOG_REDACTION.install("uvicorn", "uvicorn.access")
     if not settings.data_path.exists():
         # The data directory holds the master key, the admin key and the database: owner only.
         settings.data_path.mkdir(parents=True, mode=0o700)
-    store = await open_store(settings.effective_database_url)
+    with _one_line_startup_errors():
+        store = await open_store(settings.effective_database_url)
     try:
-        vault = Vault.from_settings(settings.master_key, settings.data_path)
+        with _one_line_startup_errors():
+            vault = Vault.from_settings(settings.master_key, settings.data_path)
+            await _check_master_key(store, vault, settings)
         api_keys = ApiKeys(store, settings.admin_key)
         first_key = await api_keys.bootstrap(settings.data_path)
         if first_key is not None:
@@ -259,6 +265,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 fast_path=ToolCallFastPath(manager, catalog, directory, settings),
             )
             tg.start_soon(pool.run_reaper, min(60.0, settings.session_idle_timeout))
+            tg.start_soon(api_keys.run_flusher)
             # Everything built so far lives as long as the process: keep the collector off it.
             gc.collect()
             gc.freeze()
@@ -267,9 +274,50 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                     yield
             finally:
                 await pool.aclose()
+                with anyio.CancelScope(shield=True):
+                    await api_keys.close()
                 tg.cancel_scope.cancel()
     finally:
         await store.close()
+
+
+@contextlib.contextmanager
+def _one_line_startup_errors() -> Iterator[None]:
+    """A setting that stops the start is one line on stderr, not uvicorn's traceback of it."""
+    try:
+        yield
+    except ConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr, flush=True)
+        # uvicorn logs the lifespan's traceback and "startup failed" at ERROR; we said it already.
+        logging.getLogger("uvicorn.error").addFilter(lambda record: record.levelno < logging.ERROR)
+        raise
+
+
+async def _check_master_key(store: Store, vault: Vault, settings: Settings) -> None:
+    """Refuse to start when the master key cannot open the stored credentials (a wrong or lost
+    key), unless told to go on; the rows it cannot open then show as errors."""
+    rows = await store.sealed_headers()
+    closed = [
+        f"{ns}/{cid}"
+        for ns, cid, token in rows
+        if not vault.opens(token, namespace=ns, connection_id=cid, field="headers")
+    ]
+    if not closed:
+        return
+    which = ", ".join(closed[:3]) + (f" and {len(closed) - 3} more" if len(closed) > 3 else "")
+    if not settings.allow_undecryptable_rows:
+        raise ConfigError(
+            f"the master key cannot decrypt the stored headers of {len(closed)} connection(s) ({which}); "
+            "start with the key that sealed them (master_key or JUNCTION_MASTER_KEY, newest first, "
+            "comma-separated), or set JUNCTION_ALLOW_UNDECRYPTABLE_ROWS=1 to start anyway with "
+            "those connections in error"
+        )
+    log.warning(
+        "the master key cannot decrypt the stored headers of %d connection(s) (%s); they are in error "
+        "until new headers are PUT",
+        len(closed),
+        which,
+    )
 
 
 class McpFirst:
@@ -312,6 +360,9 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # HTTP client logs carry URLs, and upstream URLs may carry configuration: keep them quiet.
     for name in ("httpx2", "httpcore2", "httpx", "httpcore", "mcp"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Debug logging is ours: the database driver would log every statement (and its parameters).
+    for name in ("sqlalchemy", "aiosqlite"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # Failed transport probes are expected (we fall back and report the reason on the connection).
     logging.getLogger("mcp.client").setLevel(logging.CRITICAL)

@@ -24,12 +24,13 @@ from proxy.names import (
     validate_connection_id,
     validate_namespace,
 )
+from proxy.redact import LOG_REDACTION, Redactor
 from proxy.settings import Settings
 from proxy.store import ConnectionRecord, NamespaceRecord, Store
 from proxy.upstream import ConnectionPool, UpstreamConfig
 from proxy.upstream.pool import UpstreamSession
 from proxy.upstream.ssrf import validate_url_syntax
-from proxy.vault import Vault
+from proxy.vault import Vault, VaultError
 
 HEADER_NAME_CHARS = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 FORBIDDEN_HEADERS = {
@@ -37,6 +38,10 @@ FORBIDDEN_HEADERS = {
     "mcp-session-id", "mcp-protocol-version", "mcp-method", "mcp-name", "upgrade", "te", "trailer",
 }  # fmt: skip
 TIMEOUT_KEYS = {"connect": "connect_timeout", "list": "list_timeout", "call": "call_timeout"}
+UNDECRYPTABLE = (
+    "the stored headers of this connection cannot be decrypted with the configured master key; "
+    "PUT new headers to replace them, or restart with the key that sealed them"
+)
 
 
 @dataclass(frozen=True)
@@ -197,8 +202,24 @@ class Directory:
         cached = self._connections.get(namespace)
         if cached is None:
             records = await self._store.list_connections(namespace)
-            cached = self._connections.setdefault(namespace, {r.connection_id: r for r in records})
+            cached = self._connections.setdefault(
+                namespace, {r.connection_id: self._checked(r) for r in records}
+            )
         return cached
+
+    def _checked(self, record: ConnectionRecord) -> ConnectionRecord:
+        """A loaded record, marked `error` when the vault cannot open its headers (another master
+        key sealed them): the row stays listed and writable, and is never contacted."""
+        if record.headers_ciphertext and not self._vault.opens(
+            record.headers_ciphertext,
+            namespace=record.namespace,
+            connection_id=record.connection_id,
+            field="headers",
+        ):
+            return replace(record, status={"state": "error", "message": UNDECRYPTABLE})
+        if record.status.get("message") == UNDECRYPTABLE:  # stored under another key, opens now
+            return replace(record, status={"state": "connected"})
+        return record
 
     async def connections(self, namespace: str) -> list[ConnectionRecord]:
         """Every connection of a namespace, ordered by id."""
@@ -322,15 +343,29 @@ class Directory:
     def _config(self, record: ConnectionRecord) -> UpstreamConfig:
         s = self._settings
         timeouts = record.timeouts or {}
+        try:
+            headers, unusable = self._open_headers(record), ""
+        except VaultError:
+            headers, unusable = {}, UNDECRYPTABLE
+        # Log lines never carry these headers, whoever writes them (an upstream may echo them).
+        LOG_REDACTION.remember((record.namespace, record.connection_id), Redactor.for_headers(headers))
         return UpstreamConfig(
             url=record.mcp_url,
-            headers=self._headers(record),
+            headers=headers,
             connect_timeout=timeouts.get("connect", s.connect_timeout),
             list_timeout=timeouts.get("list", s.list_timeout),
             call_timeout=timeouts.get("call", s.call_timeout),
+            unusable=unusable,
         )
 
     def _headers(self, record: ConnectionRecord) -> dict[str, str]:
+        """The plaintext headers, or none when the vault cannot open them (new ones replace them)."""
+        try:
+            return self._open_headers(record)
+        except VaultError:
+            return {}
+
+    def _open_headers(self, record: ConnectionRecord) -> dict[str, str]:
         if not record.headers_ciphertext:
             return {}
         return self._vault.open(
@@ -353,8 +388,8 @@ class Directory:
     async def _save(self, record: ConnectionRecord) -> ConnectionRecord:
         """Connect to the upstream to learn its status and serverInfo, then persist and cache."""
         key = (record.namespace, record.connection_id)
-        self._configs[key] = self._config(record)
-        session = self._pool.session(key, self._configs[key])
+        config = self._configs[key] = self._config(record)
+        session = self._pool.session(key, config)
         status: dict[str, Any]
         try:
             await session.client()
@@ -364,10 +399,16 @@ class Directory:
                 "state": "error",
                 "message": getattr(exc, "message", None) or "the upstream server failed",
             }
+        # What the upstream said may quote the credentials it was sent: never store them.
+        redactor = Redactor.for_headers(config.headers)
         record = replace(
             record,
-            status=status,
-            server_info=session.server_info if status["state"] == "connected" else record.server_info,
+            status=redactor.redact_json(status),
+            server_info=(
+                redactor.redact_json(session.server_info)
+                if status["state"] == "connected"
+                else record.server_info
+            ),
         )
         await self._store.put_connection(record)
         self._connections.setdefault(record.namespace, {})[record.connection_id] = record
@@ -380,7 +421,12 @@ class Directory:
         record = self._connections.get(namespace, {}).get(connection_id)
         if record is None:
             return
-        server_info = server_info if status.get("state") == "connected" else record.server_info
+        config = self._configs.get(key)
+        redactor = Redactor.for_headers(config.headers if config is not None else self._headers(record))
+        status = redactor.redact_json(status)
+        server_info = (
+            redactor.redact_json(server_info) if status.get("state") == "connected" else record.server_info
+        )
         if record.status == status and record.server_info == server_info:
             return
         updated = replace(record, status=status, server_info=server_info)

@@ -39,6 +39,7 @@ class Settings:
     tool_names: str = "auto"
     log_level: str = "info"
     access_log: bool = False
+    allow_undecryptable_rows: bool = False
 
     def __post_init__(self) -> None:
         if self.tool_names not in ("auto", "dotted", "safe"):

@@ -80,6 +80,14 @@ class Vault:
         )
         return f"{_VERSION}.{self._active}.{base64.urlsafe_b64encode(nonce + sealed).decode()}"
 
+    def opens(self, token: str, *, namespace: str, connection_id: str, field: str) -> bool:
+        """True when `open` would succeed (a key of this ring sealed `token` for this row)."""
+        try:
+            self.open(token, namespace=namespace, connection_id=connection_id, field=field)
+        except VaultError:
+            return False
+        return True
+
     def open(self, token: str, *, namespace: str, connection_id: str, field: str) -> dict[str, str]:
         try:
             version, key_id, body = token.split(".", 2)
@@ -91,7 +99,7 @@ class Vault:
             raise VaultError("stored credential was sealed with an unknown master key")
         try:
             plaintext = cipher.decrypt(blob[:12], blob[12:], self._aad(namespace, connection_id, field))
-        except InvalidTag as exc:
+        except (InvalidTag, ValueError) as exc:
             raise VaultError("stored credential does not belong to this connection or key") from exc
         value = json.loads(plaintext)
         if not isinstance(value, dict):

@@ -1,12 +1,20 @@
-"""API keys: random, shown once, stored as SHA-256 hashes, checked from an in-memory cache."""
+"""API keys: random, shown once, stored as SHA-256 hashes, checked from an in-memory cache.
+
+Revoking is immediate: a check that was already waiting on the store when the key was revoked
+may still let its own request through, but it can no longer put the key back into the cache.
+`lastUsedAt` is kept in memory on every check (one dict write) and written to the store by
+`run_flusher` at most once per `LAST_USED_FLUSH_INTERVAL` per key, off the request path.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +24,9 @@ from proxy.auth.policy import Principal
 from proxy.store import ApiKeyRecord, Store
 
 KEY_PREFIX = "jct_"
+LAST_USED_FLUSH_INTERVAL = 60.0
+
+log = logging.getLogger("junction.keys")
 
 
 _ENV_ADMIN = Principal(kind="api_key", id="env", name="JUNCTION_ADMIN_KEY")
@@ -39,6 +50,10 @@ class ApiKeys:
         self._store = store
         self._admin_hash = hash_key(admin_key) if admin_key else None
         self._valid: dict[str, Principal] = {}
+        # Bumped by every revoke: a check that read the store before a revoke finished must not
+        # cache what it read (the key may be the one revoked).
+        self._generation = 0
+        self._used: dict[str, float] = {}  # key id -> time.time() of its latest use, not yet stored
 
     async def create(self, name: str) -> IssuedKey:
         key = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -53,11 +68,25 @@ class ApiKeys:
         return IssuedKey(record=record, key=key)
 
     async def list(self) -> list[ApiKeyRecord]:
-        return await self._store.list_api_keys()
+        """Every stored key, with `last_used_at` as of the latest use (even if not yet written)."""
+        records = await self._store.list_api_keys()
+        return [self._with_last_use(r) for r in records]
+
+    def _with_last_use(self, record: ApiKeyRecord) -> ApiKeyRecord:
+        used = self._used.get(record.id)
+        if used is None:
+            return record
+        when = datetime.fromtimestamp(used, UTC)
+        if record.last_used_at is not None and record.last_used_at >= when:
+            return record
+        return replace(record, last_used_at=when)
 
     async def revoke(self, key_id: str) -> bool:
         removed = await self._store.delete_api_key(key_id)
+        # After the delete, in one step: checks in flight will not cache, and the cache forgets it.
+        self._generation += 1
         self._valid = {h: p for h, p in self._valid.items() if p.id != key_id}
+        self._used.pop(key_id, None)
         return removed
 
     async def verify(self, presented: str) -> Principal | None:
@@ -69,13 +98,46 @@ class ApiKeys:
             return _ENV_ADMIN
         cached = self._valid.get(digest)
         if cached is not None:
+            self._used[cached.id] = time.time()
             return cached
+        generation = self._generation
         record = await self._store.find_api_key(digest)
         if record is None or not hmac.compare_digest(record.key_hash, digest):
             return None
         principal = Principal(kind="api_key", id=record.id, name=record.name)
-        self._valid[digest] = principal
+        if generation == self._generation:
+            self._valid[digest] = principal
+        self._used[principal.id] = time.time()
         return principal
+
+    async def flush_last_used(self) -> int:
+        """Write the pending `lastUsedAt` times to the store; return how many keys were written."""
+        if not self._used:
+            return 0
+        used, self._used = self._used, {}
+        try:
+            await self._store.touch_api_keys({k: datetime.fromtimestamp(t, UTC) for k, t in used.items()})
+        except BaseException:
+            for key_id, when in used.items():  # keep them for the next round, unless used since
+                self._used.setdefault(key_id, when)
+            raise
+        return len(used)
+
+    async def run_flusher(self, interval: float = LAST_USED_FLUSH_INTERVAL) -> None:
+        """Flush `lastUsedAt` every `interval` seconds, forever (run it in the app's task group)."""
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await self.flush_last_used()
+            except Exception:  # the store is down: the times stay pending for the next round
+                log.warning("could not record when API keys were last used", exc_info=True)
+
+    async def close(self) -> None:
+        """Write what is pending before the process exits."""
+        try:
+            await self.flush_last_used()
+        except Exception:
+            log.warning("could not record when API keys were last used", exc_info=True)
 
     async def bootstrap(self, data_dir: Path) -> str | None:
         """On first start with no keys and no env key, create the admin key; return it to print once."""

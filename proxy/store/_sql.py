@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,7 +36,8 @@ class Store(Protocol):
     async def list_api_keys(self) -> list[ApiKeyRecord]: ...
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None: ...
     async def delete_api_key(self, key_id: str) -> bool: ...
-    async def touch_api_key(self, key_id: str, when: datetime) -> None: ...
+    async def touch_api_keys(self, used: Mapping[str, datetime]) -> None: ...
+    async def sealed_headers(self) -> list[tuple[str, str, str]]: ...
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -228,11 +230,28 @@ class SqlStore:
             result = await conn.execute(sa.delete(t.api_keys).where(t.api_keys.c.id == key_id))
             return result.rowcount > 0
 
-    async def touch_api_key(self, key_id: str, when: datetime) -> None:
+    async def touch_api_keys(self, used: Mapping[str, datetime]) -> None:
+        """Record when keys were last used (one statement for all of them)."""
+        if not used:
+            return
+        stmt = (
+            sa.update(t.api_keys)
+            .where(t.api_keys.c.id == sa.bindparam("key_id"))
+            .values(last_used_at=sa.bindparam("when"))
+        )
         async with self._engine.begin() as conn:
-            await conn.execute(
-                sa.update(t.api_keys).where(t.api_keys.c.id == key_id).values(last_used_at=when)
+            await conn.execute(stmt, [{"key_id": k, "when": when} for k, when in used.items()])
+
+    async def sealed_headers(self) -> list[tuple[str, str, str]]:
+        """(namespace, connection id, headers ciphertext) of every connection that has headers."""
+        c = t.connections.c
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(c.namespace, c.connection_id, c.headers_ciphertext)
+                .where(c.headers_ciphertext.is_not(None))
+                .order_by(c.namespace, c.connection_id)
             )
+            return [(r.namespace, r.connection_id, r.headers_ciphertext) for r in rows]
 
 
 async def open_store(database_url: str) -> SqlStore:

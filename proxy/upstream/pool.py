@@ -73,6 +73,8 @@ class UpstreamConfig:
     connect_timeout: float = 15.0
     list_timeout: float = 20.0
     call_timeout: float = 600.0
+    # Why this upstream must not be contacted (its stored credentials cannot be decrypted).
+    unusable: str = ""
 
 
 @dataclass
@@ -157,6 +159,8 @@ class UpstreamSession:
         live = self._live
         if live is not None and not live.done.is_set():
             return live.client
+        if self.config.unusable:
+            raise UpstreamUnavailable(self.config.unusable)
         async with self._connect_lock:
             live = self._live
             if live is not None and not live.done.is_set():

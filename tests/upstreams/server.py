@@ -15,12 +15,19 @@ run from the repository root; it serves on 127.0.0.1:PORT until SIGTERM. Kinds:
   dots become underscores, and one 100-character name.
 - ``slow``    ``tools/list`` sleeps ``--list-delay`` seconds (default 0.1); tools ``echo``, ``sleep``.
 - ``paged``   25 tools ``t00``..``t24``, listed 10 per page with ``next_cursor``.
+
+``--echo-auth-errors WHERE`` (Streamable HTTP kinds) makes the server fail the way careless
+servers do, quoting the request's ``Authorization`` header back: ``initialize`` answers every
+request with a JSON-RPC error (so no session starts), ``call`` answers ``tools/call`` with one,
+``http`` answers ``tools/call`` with HTTP 500 and a text page, ``http-json`` with HTTP 500 and a
+JSON-RPC error body.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +53,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 KINDS = ("modern", "legacy", "sse", "dotted", "slow", "paged")
+ECHO_AUTH_ERRORS = ("initialize", "call", "http", "http-json")
 # The protocol revisions a 2025-era server knows (all of them negotiated through `initialize`).
 HANDSHAKE_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 # Letters and dots only, exactly 100 characters.
@@ -249,7 +257,60 @@ class LegacyOnly:
         await self.app(scope, receive, send)
 
 
-def _streamable_http_app(server: Server[Any], *, legacy_only: bool) -> Starlette:
+class EchoAuthErrors:
+    """Fail requests (see ``--echo-auth-errors``) with the received Authorization header in the error."""
+
+    def __init__(self, app: ASGIApp, where: str) -> None:
+        self.app = app
+        self.where = where
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = None
+        method = request.get("method") if isinstance(request, dict) else None
+        has_id = isinstance(request, dict) and "id" in request
+        hit = has_id and (self.where == "initialize" or method == "tools/call")
+        if not hit:
+            replayed = False
+
+            async def replay() -> Any:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send)
+            return
+        auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        error = {
+            "jsonrpc": "2.0",
+            "id": request["id"] if isinstance(request, dict) else None,
+            "error": {"code": -32603, "message": f"invalid credentials: {auth}", "data": {"received": auth}},
+        }
+        if self.where == "http":
+            page = f"Internal Server Error\n\nrequest headers:\nAuthorization: {auth}\n"
+            await Response(page, status_code=500, media_type="text/plain")(scope, receive, send)
+        else:
+            status = 500 if self.where == "http-json" else 200
+            await JSONResponse(error, status_code=status)(scope, receive, send)
+
+
+def _streamable_http_app(
+    server: Server[Any], *, legacy_only: bool, echo_auth_errors: str | None = None
+) -> Starlette:
     manager = StreamableHTTPSessionManager(app=server, security_settings=NO_SECURITY)
 
     @contextlib.asynccontextmanager
@@ -260,6 +321,8 @@ def _streamable_http_app(server: Server[Any], *, legacy_only: bool) -> Starlette
     endpoint: ASGIApp = StreamableHTTPASGIApp(manager)
     if legacy_only:
         endpoint = LegacyOnly(endpoint)
+    if echo_auth_errors:
+        endpoint = EchoAuthErrors(endpoint, echo_auth_errors)
     return Starlette(routes=[Route("/mcp", endpoint=endpoint)], lifespan=lifespan)
 
 
@@ -279,14 +342,14 @@ def _sse_app(server: Server[Any]) -> Starlette:
     )
 
 
-def build_app(kind: str, list_delay: float | None = None) -> Starlette:
+def build_app(kind: str, list_delay: float | None = None, echo_auth_errors: str | None = None) -> Starlette:
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     delay = list_delay if list_delay is not None else (0.1 if kind == "slow" else 0.0)
     server = build_server(kind, delay)
     if kind == "sse":
         return _sse_app(server)
-    return _streamable_http_app(server, legacy_only=kind == "legacy")
+    return _streamable_http_app(server, legacy_only=kind == "legacy", echo_auth_errors=echo_auth_errors)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -298,9 +361,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--list-delay", type=float, default=None, help="seconds tools/list sleeps (slow: 0.1)"
     )
+    parser.add_argument(
+        "--echo-auth-errors",
+        choices=ECHO_AUTH_ERRORS,
+        default=None,
+        help="fail requests with the received Authorization header in the error (see the module doc)",
+    )
     args = parser.parse_args(argv)
     config = uvicorn.Config(
-        build_app(args.kind, args.list_delay),
+        build_app(args.kind, args.list_delay, args.echo_auth_errors),
         host="127.0.0.1",
         port=args.port,
         log_level="warning",
