@@ -18,6 +18,7 @@ from proxy.directory import Directory
 from proxy.errors import JunctionError, NotFound, UpstreamError
 from proxy.gateway.names import NameMap, NameStyle, Ref
 from proxy.store import ConnectionRecord
+from proxy.upstream.fastlane import NotificationSink
 
 log = logging.getLogger("junction.catalog")
 
@@ -168,11 +169,19 @@ class Catalog:
         return name_map.resolve(name) if name_map is not None else None
 
     async def call(
-        self, namespace: str, principal: Principal, name: str, arguments: dict[str, Any] | None
+        self,
+        namespace: str,
+        principal: Principal,
+        name: str,
+        arguments: dict[str, Any] | None,
+        *,
+        meta: dict[str, Any] | None = None,
+        notify: NotificationSink | None = None,
     ) -> dict[str, Any]:
-        """Call a tool by its exposed name; the upstream's raw result object."""
+        """Call a tool by its exposed name; the upstream's raw result object. `meta` and `notify`
+        carry a caller's progress token there and its progress back."""
         record, tool = await self.resolve(namespace, principal, name)
-        return await self._directory.upstream_for(record).call_tool(tool, arguments)
+        return await self._directory.upstream_for(record).call_tool(tool, arguments, meta=meta, notify=notify)
 
     def forget(self, namespace: str) -> None:
         self._maps.pop(namespace, None)

@@ -15,13 +15,14 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
 
-from proxy import __version__
+from proxy import __version__, wire
 from proxy.auth.policy import Principal
 from proxy.directory import Directory
 from proxy.errors import JunctionError, NotFound, UpstreamError
 from proxy.gateway.catalog import Catalog
 from proxy.gateway.names import choose_style
 from proxy.settings import Settings
+from proxy.upstream.fastlane import NotificationSink
 
 log = logging.getLogger("junction.gateway")
 
@@ -47,11 +48,18 @@ def _client_name(ctx: ServerRequestContext[Any, Any]) -> str | None:
 
 
 async def call_for_mcp(
-    catalog: Catalog, namespace: str, principal: Principal, name: str, arguments: dict[str, Any] | None
+    catalog: Catalog,
+    namespace: str,
+    principal: Principal,
+    name: str,
+    arguments: dict[str, Any] | None,
+    *,
+    meta: dict[str, Any] | None = None,
+    notify: NotificationSink | None = None,
 ) -> dict[str, Any]:
     """A `tools/call` result for MCP clients: upstream failures become readable tool errors."""
     try:
-        return await catalog.call(namespace, principal, name, arguments)
+        return await catalog.call(namespace, principal, name, arguments, meta=meta, notify=notify)
     except NotFound as exc:
         raise MCPError(-32602, exc.message) from exc
     except UpstreamError as exc:
@@ -68,6 +76,9 @@ def build_namespace_server(directory: Directory, catalog: Catalog, settings: Set
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         namespace, principal, request = _caller(ctx)
+        if params is not None and params.cursor is not None:
+            # The namespace's list is always one page: no cursor we did not hand out is valid.
+            raise MCPError(-32602, "invalid cursor")
         try:
             record = await directory.namespace(namespace)
         except NotFound as exc:
@@ -82,8 +93,23 @@ def build_namespace_server(directory: Directory, catalog: Catalog, settings: Set
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         namespace, principal, _ = _caller(ctx)
-        result = await call_for_mcp(catalog, namespace, principal, params.name, params.arguments)
-        return types.CallToolResult.model_validate(result)
+        raw_meta: Any = ctx.meta or {}
+        token = raw_meta.get("progressToken", raw_meta.get("progress_token"))
+        notify = None
+        if token is not None:
+
+            async def notify(note: wire.Notification) -> None:
+                # Progress about this call goes back to its caller, on its own request stream.
+                if note.method != "notifications/progress" or note.params.get("progressToken") != token:
+                    return
+                p = note.params
+                await ctx.session.report_progress(p.get("progress", 0), p.get("total"), p.get("message"))
+
+        meta = {"progressToken": token} if token is not None else None
+        result = await call_for_mcp(
+            catalog, namespace, principal, params.name, params.arguments, meta=meta, notify=notify
+        )
+        return types.CallToolResult.model_validate(wire.legacy_result(result))
 
     return Server(
         "mcp-junction",

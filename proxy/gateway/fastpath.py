@@ -3,13 +3,16 @@
 These are the hot paths of the gateway. For a well-formed request on a live legacy session (or
 a well-formed 2026-07-28 request) we answer with one JSON response built from the upstream's raw
 result, or from the cached, pre-serialized tool list, instead of passing the message through the
-SDK's typed server loop. Everything else (initialize, GET streams, anything unusual) goes to the
-SDK's session manager unchanged, which stays the authority on sessions and errors.
+SDK's typed server loop. A call that asked for progress is answered as a server-sent event
+stream as soon as the upstream reports some. A caller that disconnects, or cancels with
+`notifications/cancelled`, cancels the upstream request. Everything else (initialize, GET
+streams, anything unusual) goes to the SDK's session manager unchanged, which stays the
+authority on sessions and errors. Every wire rule applied here comes from `proxy.wire`.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import json
 import math
 from typing import Any
@@ -19,10 +22,10 @@ import anyio
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
-from starlette.types import Message, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from proxy import __version__, wirejson
+from proxy import __version__, wire
+from proxy._sdk import live_sessions, session_owner
 from proxy.auth.policy import Principal
 from proxy.directory import Directory
 from proxy.gateway.catalog import Catalog
@@ -31,48 +34,42 @@ from proxy.gateway.names import choose_style
 from proxy.settings import Settings
 
 SERVER_INFO = {"name": "mcp-junction", "version": __version__}
-_SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
 _MODERN_LIST_EXTRA = (
     b',"resultType":"complete","ttlMs":0,"cacheScope":"private","_meta":'
-    + json.dumps({_SERVER_INFO_KEY: SERVER_INFO}, separators=(",", ":")).encode()
+    + json.dumps({wire.META_SERVER_INFO: SERVER_INFO}, separators=(",", ":")).encode()
 )
 _MAX_REMEMBERED_CLIENTS = 10_000
+_FAST_METHODS = (b'"tools/', b'"notifications/cancelled"')
 
 
-def _decode_header(value: str) -> str:
-    if value.startswith("=?base64?") and value.endswith("?="):
-        try:
-            return base64.b64decode(value[9:-2]).decode()
-        except ValueError:
-            return value
-    return value
-
-
-def parse_request(body: bytes) -> tuple[Any, str, dict[str, Any]] | None:
-    """(id, method, params) of a well-formed `tools/call` or `tools/list` request, else None."""
-    if b'"tools/' not in body:
+def parse_request(body: bytes) -> wire.Request | wire.Notification | None:
+    """A well-formed `tools/call`, `tools/list` or `notifications/cancelled`, else None (the SDK
+    answers anything else, including every malformed message)."""
+    if not any(marker in body for marker in _FAST_METHODS):
         return None
     try:
-        message = wirejson.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        message = wire.decode(body, strict=True)
+    except wire.WireError:
         return None
-    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+    if isinstance(message, wire.Notification):
+        return message if message.method == "notifications/cancelled" else None
+    if not isinstance(message, wire.Request):
         return None
-    method, request_id = message.get("method"), message.get("id")
-    params = message.get("params")
-    if method == "tools/list" and params is None:
-        params = {}
-    if method not in ("tools/call", "tools/list") or not isinstance(params, dict):
-        return None
-    if not isinstance(request_id, str | int) or isinstance(request_id, bool):
-        return None
-    if method == "tools/call":
+    params = message.params
+    if message.method == "tools/call":
         name, arguments = params.get("name"), params.get("arguments")
         if not isinstance(name, str) or (arguments is not None and not isinstance(arguments, dict)):
             return None
-    elif params.get("cursor") is not None:
-        return None  # we never hand out cursors; leave odd requests to the SDK
-    return request_id, method, params
+        return message
+    if message.method == "tools/list":
+        return message
+    return None
+
+
+def _progress_token(params: dict[str, Any]) -> str | int | None:
+    meta = params.get("_meta")
+    token = meta.get("progressToken") if isinstance(meta, dict) else None
+    return token if wire.is_request_id(token) else None
 
 
 class ToolCallFastPath:
@@ -90,6 +87,8 @@ class ToolCallFastPath:
         self._directory = directory
         self._settings = settings
         self._client_names: dict[str, str] = {}
+        # Calls in flight on legacy sessions, by (session id, request id), for notifications/cancelled.
+        self._inflight: dict[tuple[str, Any], asyncio.Task[Any]] = {}
 
     def watch_initialize(self, body: bytes, send: Send) -> Send:
         """Remember the client name of a new legacy session (it picks the tool-name style)."""
@@ -103,7 +102,7 @@ class ToolCallFastPath:
         if message.get("method") != "initialize" or not isinstance(name, str):
             return send
         if len(self._client_names) > _MAX_REMEMBERED_CLIENTS:
-            live = self._manager._server_instances  # noqa: SLF001
+            live = live_sessions(self._manager)
             self._client_names = {k: v for k, v in self._client_names.items() if k in live}
 
         async def watching(message: Message) -> None:
@@ -115,9 +114,7 @@ class ToolCallFastPath:
 
         return watching
 
-    def _eligible(
-        self, scope: Scope, headers: dict[bytes, bytes], method: str, params: dict[str, Any]
-    ) -> str | None:
+    def _eligible(self, scope: Scope, headers: dict[bytes, bytes], request: wire.Request) -> str | None:
         """'modern' or 'legacy' when the request may take the fast path, else None."""
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         accept = headers.get(b"accept", b"")
@@ -126,26 +123,28 @@ class ToolCallFastPath:
         ):
             return None
         version = headers.get(b"mcp-protocol-version", b"").decode("latin-1")
-        if version in MODERN_PROTOCOL_VERSIONS:
-            meta = params.get("_meta")
-            name_header = _decode_header(headers.get(b"mcp-name", b"").decode("latin-1"))
-            if (
-                headers.get(b"mcp-method") != method.encode()
-                or (method == "tools/call" and name_header != params["name"])
-                or not isinstance(meta, dict)
-                or meta.get("io.modelcontextprotocol/protocolVersion") != version
-                or not isinstance(meta.get("io.modelcontextprotocol/clientCapabilities"), dict)
-            ):
-                return None
-            return "modern"
-        if version and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+        if version in wire.MODERN_VERSIONS:
+            method = headers.get(b"mcp-method")
+            name = headers.get(b"mcp-name")
+            error = wire.check_modern_request(
+                request,
+                version,
+                method.decode("latin-1") if method is not None else None,
+                name.decode("latin-1") if name is not None else None,
+            )
+            return "modern" if error is None else None  # the SDK answers a broken envelope
+        if version and version not in wire.HANDSHAKE_VERSIONS:
             return None
+        return "legacy" if self._live_session(scope, headers) is not None else None
+
+    def _live_session(self, scope: Scope, headers: dict[bytes, bytes]) -> str | None:
+        """The caller's own live legacy session id, keeping it alive, else None."""
         session_id = headers.get(b"mcp-session-id", b"").decode("latin-1")
-        transport = self._manager._server_instances.get(session_id) if session_id else None  # noqa: SLF001
+        transport = live_sessions(self._manager).get(session_id) if session_id else None
         if transport is None or transport.is_terminated:
             return None
         user = scope.get("user")
-        owner = self._manager._session_owners.get(session_id)  # noqa: SLF001
+        owner = session_owner(self._manager, session_id)
         if not isinstance(user, AuthenticatedUser) or owner != authorization_context(user):
             return None
         idle = transport.idle_scope
@@ -155,71 +154,151 @@ class ToolCallFastPath:
             deadline = anyio.current_time() + (self._manager.session_idle_timeout or 0)
             if deadline - idle.deadline > 1.0:
                 idle.deadline = deadline
-        return "legacy"
+        return session_id
 
     async def handle(
-        self, scope: Scope, body: bytes, send: Send, namespace: str, principal: Principal
+        self,
+        scope: Scope,
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        namespace: str,
+        principal: Principal,
     ) -> bool:
         """Answer the request and return True, or return False to leave it to the SDK."""
-        parsed = parse_request(body)
-        if parsed is None:
+        message = parse_request(body)
+        if message is None:
             return False
-        request_id, method, params = parsed
         headers = dict(scope["headers"])
-        era = self._eligible(scope, headers, method, params)
+        if isinstance(message, wire.Notification):
+            return await self._cancelled(scope, headers, message, send)
+        era = self._eligible(scope, headers, message)
         if era is None:
             return False
-        if method == "tools/list":
-            data = await self._list(scope, headers, request_id, params, era, namespace, principal)
-        else:
-            data = await self._call(request_id, params, era, namespace, principal)
+        if message.method == "tools/list":
+            if message.params.get("cursor") is not None:
+                # The namespace's list is always one page: no cursor we did not hand out is valid.
+                data = wire.error_body(message.id, wire.INVALID_PARAMS, "invalid cursor")
+            else:
+                data = await self._list(scope, headers, message, era, namespace, principal)
+            await self._respond(send, data, era, headers)
+            return True
+        await self._call(headers, message, era, namespace, principal, receive, send)
+        return True
+
+    async def _respond(
+        self, send: Send, data: bytes, era: str, headers: dict[bytes, bytes], stream: bool = False
+    ) -> None:
         response_headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(data)).encode()),
+            (b"content-type", b"text/event-stream" if stream else b"application/json"),
         ]
+        if not stream:
+            response_headers.append((b"content-length", str(len(data)).encode()))
+        else:
+            response_headers.append((b"cache-control", b"no-cache"))
         if era == "legacy":
             response_headers.append((b"mcp-session-id", headers[b"mcp-session-id"]))
         await send({"type": "http.response.start", "status": 200, "headers": response_headers})
-        await send({"type": "http.response.body", "body": data})
+        if data or not stream:
+            await send({"type": "http.response.body", "body": data, "more_body": stream})
+
+    async def _cancelled(
+        self, scope: Scope, headers: dict[bytes, bytes], message: wire.Notification, send: Send
+    ) -> bool:
+        """`notifications/cancelled` for a call this fast path is running: cancel it (the upstream
+        hears of it). Anything else goes to the SDK."""
+        session_id = self._live_session(scope, headers)
+        task = self._inflight.get((session_id, message.params.get("requestId"))) if session_id else None
+        if task is None:
+            return False
+        task.cancel()
+        await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
         return True
 
     async def _call(
-        self, request_id: Any, params: dict[str, Any], era: str, namespace: str, principal: Principal
-    ) -> bytes:
+        self,
+        headers: dict[bytes, bytes],
+        request: wire.Request,
+        era: str,
+        namespace: str,
+        principal: Principal,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        params = request.params
+        token = _progress_token(params)
+        streaming = False
+
+        async def relay(note: wire.Notification) -> None:
+            # Progress about this call goes to the caller who asked for it, on this response.
+            nonlocal streaming
+            if token is None or note.method != "notifications/progress":
+                return
+            if note.params.get("progressToken") != token:
+                return
+            event = wire.sse_event(wire.notification_body(note.method, note.params))
+            if not streaming:
+                streaming = True
+                await self._respond(send, event, era, headers, stream=True)
+            else:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+
+        task = asyncio.current_task()
+        assert task is not None
+        key = None
+        if era == "legacy":
+            key = (headers[b"mcp-session-id"].decode("latin-1"), request.id)
+            self._inflight[key] = task
+        watcher = asyncio.ensure_future(receive())
+        watcher.add_done_callback(lambda done: _cancel_on_disconnect(done, task))
+        meta = {"progressToken": token} if token is not None else None
         try:
             raw = await call_for_mcp(
-                self._catalog, namespace, principal, params["name"], params.get("arguments")
+                self._catalog,
+                namespace,
+                principal,
+                params["name"],
+                params.get("arguments"),
+                meta=meta,
+                notify=relay if token is not None else None,
             )
-            result = dict(raw)
-            meta = dict(result.get("_meta") or {})
-            if era == "modern":
-                result["resultType"] = result.get("resultType", "complete")
-                meta[_SERVER_INFO_KEY] = SERVER_INFO
-            else:
-                result.pop("resultType", None)
-                meta.pop(_SERVER_INFO_KEY, None)
-            if meta:
-                result["_meta"] = meta
-            else:
-                result.pop("_meta", None)
-            payload: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "result": result}
+            shaped = wire.modern_result(raw, SERVER_INFO) if era == "modern" else wire.legacy_result(raw)
+            data = wire.result_body(request.id, shaped)
         except MCPError as exc:
-            payload = {"jsonrpc": "2.0", "id": request_id, "error": exc.error.model_dump(exclude_none=True)}
-        return wirejson.dumps(payload)
+            data = wire.error_body(request.id, exc.error.code, exc.error.message, exc.error.data)
+        except asyncio.CancelledError:
+            if task.cancelling() and (watcher.done() or key is not None):
+                # The caller went away or cancelled: nothing to answer (the upstream was told).
+                task.uncancel()
+                if streaming:
+                    await _end_stream(send)
+                elif not watcher.done():
+                    await send({"type": "http.response.start", "status": 204, "headers": []})
+                    await send({"type": "http.response.body", "body": b""})
+                return
+            raise
+        finally:
+            watcher.cancel()
+            if key is not None:
+                self._inflight.pop(key, None)
+        if streaming:
+            await send({"type": "http.response.body", "body": wire.sse_event(data), "more_body": False})
+        else:
+            await self._respond(send, data, era, headers)
 
     async def _list(
         self,
         scope: Scope,
         headers: dict[bytes, bytes],
-        request_id: Any,
-        params: dict[str, Any],
+        request: wire.Request,
         era: str,
         namespace: str,
         principal: Principal,
     ) -> bytes:
         record = await self._directory.namespace(namespace)
         if era == "modern":
-            info = (params.get("_meta") or {}).get("io.modelcontextprotocol/clientInfo")
+            info = (request.params.get("_meta") or {}).get(wire.META_CLIENT_INFO)
             client_name = info.get("name") if isinstance(info, dict) else None
         else:
             client_name = self._client_names.get(headers[b"mcp-session-id"].decode("latin-1"))
@@ -228,5 +307,19 @@ class ToolCallFastPath:
         style = choose_style(requested, record.tool_names, self._settings.tool_names, client_name)
         tools = await self._catalog.tools_json(namespace, principal, style)
         extra = _MODERN_LIST_EXTRA if era == "modern" else b""
-        prefix = b'{"jsonrpc":"2.0","id":' + json.dumps(request_id).encode() + b',"result":{"tools":'
+        prefix = b'{"jsonrpc":"2.0","id":' + json.dumps(request.id).encode() + b',"result":{"tools":'
         return prefix + tools + extra + b"}}"
+
+
+def _cancel_on_disconnect(watcher: asyncio.Future[Message], task: asyncio.Task[Any]) -> None:
+    if watcher.cancelled() or watcher.exception() is not None:
+        return
+    if watcher.result().get("type") == "http.disconnect":
+        task.cancel()
+
+
+async def _end_stream(send: Send) -> None:
+    try:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except OSError:
+        pass  # the caller is gone

@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx2
 from mcp.shared.exceptions import MCPError
 
-from proxy.upstream._http1 import ConnectionLost, PeerRefused, RequestNotSent
+from proxy.errors import UpstreamRefused
+from proxy.upstream._http1 import ConnectionLost, RequestNotSent
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -20,8 +21,8 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 def describe_failure(exc: BaseException) -> str:
     """A short, credential-free reason for an upstream failure."""
     for leaf in _leaves(exc):
-        if isinstance(leaf, PeerRefused):
-            return "the upstream host now resolves to an address the gateway may not reach; refused"
+        if isinstance(leaf, UpstreamRefused):
+            return str(leaf)
         if isinstance(leaf, httpx2.ConnectError | RequestNotSent):
             return "cannot connect to the upstream server (connection refused or host unreachable)"
         if isinstance(leaf, httpx2.TimeoutException | TimeoutError):

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
+
+from proxy.upstream._pinned import open_checked_connection
 
 MAX_IDLE = 64
 HIGH_WATER = 1024 * 1024  # stop reading while this much body waits for the caller
@@ -29,10 +31,6 @@ class ConnectionLost(ConnectionError):
 
 class RequestNotSent(ConnectionError):
     """The request never reached the upstream (connect failed), so retrying it is safe."""
-
-
-class PeerRefused(ConnectionError):
-    """The host now resolves to an address outside what the SSRF policy allows."""
 
 
 @dataclass
@@ -252,7 +250,7 @@ class Http1Pool:
         headers: dict[str, str],
         connect_timeout: float,
         tls: ssl.SSLContext | None = None,
-        check_peer: Callable[[str], bool] | None = None,
+        allow_private: bool = False,
         max_connections: int = 100,
     ):
         parts = urlsplit(url)
@@ -265,7 +263,7 @@ class Http1Pool:
             host_header = f"[{self.host}]" + (f":{parts.port}" if parts.port else "")
         self._base = {"host": host_header, **{k.lower(): v for k, v in headers.items()}}
         self.connect_timeout = connect_timeout
-        self._check_peer = check_peer
+        self.allow_private = allow_private
         self._idle: list[_Connection] = []
         # At most this many exchanges (so connections) at once, as the SDK path's httpx2 limits.
         self._slots = asyncio.Semaphore(max_connections)
@@ -277,19 +275,12 @@ class Http1Pool:
             timeout = max(0.0, deadline - loop.time())
         try:
             async with asyncio.timeout(timeout):
-                transport, conn = await loop.create_connection(
-                    _Connection,
-                    self.host,
-                    self.port,
-                    ssl=self.tls,
-                    server_hostname=self.host if self.tls else None,
+                # Connect to an address the SSRF policy checked, never to a fresh lookup of the name.
+                _transport, conn = await open_checked_connection(
+                    _Connection, self.host, self.port, allow_private=self.allow_private, tls=self.tls
                 )
         except (OSError, TimeoutError) as exc:
             raise RequestNotSent(f"cannot connect to {self.host}:{self.port}") from exc
-        peer = transport.get_extra_info("peername")
-        if self._check_peer is not None and (not peer or not self._check_peer(str(peer[0]))):
-            transport.close()
-            raise PeerRefused(f"{self.host} now resolves to an address the gateway may not reach")
         return conn
 
     def head(self, headers: dict[str, str]) -> bytes:

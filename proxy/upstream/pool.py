@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import itertools
 import logging
 import math
@@ -36,9 +35,12 @@ from mcp_types.jsonrpc import CONNECTION_CLOSED
 from pydantic import TypeAdapter, ValidationError
 
 from proxy import __version__, wire
-from proxy.errors import JunctionError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from proxy._sdk import client_closed
+from proxy.errors import JunctionError, UpstreamError, UpstreamRefused, UpstreamTimeout, UpstreamUnavailable
+from proxy.redact import Redactor
 from proxy.upstream._describe import describe_failure
 from proxy.upstream._http1 import Http1Pool, RequestNotSent
+from proxy.upstream._pinned import pinned_transport
 from proxy.upstream.credentials import Credentials, CredentialsAuth, StaticCredentials
 from proxy.upstream.fastlane import (
     FastLane,
@@ -49,7 +51,7 @@ from proxy.upstream.fastlane import (
     UpstreamRpcError,
     uses_mcp_headers,
 )
-from proxy.upstream.ssrf import check_upstream_url, classify
+from proxy.upstream.ssrf import check_upstream_url, resolve_checked
 
 log = logging.getLogger("junction.upstream")
 
@@ -106,8 +108,30 @@ def _sse_http_client(
     headers: dict[str, str] | None = None,
     timeout: httpx2.Timeout | None = None,
     auth: httpx2.Auth | None = None,
+    *,
+    allow_private: bool = False,
+    state: _WireState | None = None,
 ) -> httpx2.AsyncClient:
-    return httpx2.AsyncClient(verify=_tls_context(), headers=headers, timeout=timeout, auth=auth)
+    transport = pinned_transport(allow_private, verify=_tls_context())
+    hooks: dict[str, list[Callable[..., Any]]] = (
+        {"response": [functools.partial(_watch_sse_session, state)]} if state is not None else {}
+    )
+    return httpx2.AsyncClient(
+        transport=transport, headers=headers, timeout=timeout, auth=auth, event_hooks=hooks
+    )
+
+
+async def _watch_sse_session(state: _WireState, response: httpx2.Response) -> None:
+    """HTTP+SSE transport: a POST to the session's message URL that the upstream answers 404 (or
+    400 about the session) means it forgot the session (a restart); the message was not handled."""
+    status = response.status_code
+    if response.request.method != "POST" or status not in (400, 404):
+        return
+    if status == 400:
+        with contextlib.suppress(httpx2.HTTPError):
+            if b"session" not in (await response.aread()).lower():
+                return
+    state.session_lost = True
 
 
 def _never_sent(exc: BaseException) -> bool:
@@ -123,6 +147,8 @@ class UpstreamSession:
         self.key = key
         self.config = config
         self.credentials: Credentials = pool.credentials_for(key, config)
+        # Text from the upstream is cleaned of the credentials it was sent before it goes anywhere.
+        self.redactor = Redactor.for_headers(config.headers)
         self._live: _Live | None = None
         self._connect_lock = anyio.Lock()
         self._failures = 0
@@ -134,6 +160,9 @@ class UpstreamSession:
         self._watching = False
         self._inflight = 0
         self._idle_event: anyio.Event | None = None
+        self._unreachable = False
+        self._probed_at = 0.0
+        self._probe_ok = False
         self.last_used = time.monotonic()
         self.server_info: dict[str, Any] | None = None
         self.protocol_version: str | None = None
@@ -158,7 +187,9 @@ class UpstreamSession:
         self.last_used = time.monotonic()
         live = self._live
         if live is not None and not live.done.is_set():
-            return live.client
+            if not client_closed(live.client):
+                return live.client
+            self._forget(live.client)  # its event stream ended: nothing sent on it arrives
         if self.config.unusable:
             raise UpstreamUnavailable(self.config.unusable)
         async with self._connect_lock:
@@ -166,7 +197,7 @@ class UpstreamSession:
             if live is not None and not live.done.is_set():
                 return live.client
             wait = self._retry_at - time.monotonic()
-            if wait > 0:
+            if wait > 0 and not (self._unreachable and await self._back()):
                 raise self._last_kind(f"{self._last_error}; next attempt in {math.ceil(wait)} s")
             try:
                 with anyio.fail_after(self.config.connect_timeout):
@@ -177,7 +208,7 @@ class UpstreamSession:
                 raise
             except Exception as exc:
                 message = describe_failure(exc)
-                await self._failed(message)
+                await self._failed(message, unreachable=_never_sent(exc))
                 if isinstance(exc, TimeoutError):
                     raise UpstreamTimeout(
                         f"connecting to the upstream timed out after {self.config.connect_timeout:g} s"
@@ -191,7 +222,22 @@ class UpstreamSession:
             self._watch()
             return self._live.client
 
-    async def _failed(self, message: str, kind: type[JunctionError] = UpstreamUnavailable) -> None:
+    async def _back(self) -> bool:
+        """Has an upstream that refused connections come back? Probed at most every 0.2 s, so
+        callers of a dead upstream cost it one TCP connect per 0.2 s, not one per call."""
+        now = time.monotonic()
+        if now - self._probed_at >= 0.2:
+            self._probed_at = now
+            self._probe_ok = await self._reachable()
+        return self._probe_ok
+
+    async def _failed(
+        self, message: str, kind: type[JunctionError] = UpstreamUnavailable, *, unreachable: bool = False
+    ) -> None:
+        # A refused connection costs nothing to retry once the upstream answers TCP again; the
+        # backoff only spaces attempts at an upstream that answers and then fails.
+        message = self.redactor.redact(message)
+        self._unreachable = unreachable
         self._last_kind = kind
         self._failures += 1
         backoff = min(self._pool.backoff_max, 0.25 * 2 ** (self._failures - 1))
@@ -230,7 +276,9 @@ class UpstreamSession:
                 if self.connected:
                     if not reachable:
                         self._forget(self._live.client if self._live else None)
-                        await self._failed("cannot connect to the upstream server (it stopped answering)")
+                        await self._failed(
+                            "cannot connect to the upstream server (it stopped answering)", unreachable=True
+                        )
                 elif reachable:
                     if not was_reachable:
                         self._retry_at = 0.0  # it just came back: no reason to wait
@@ -242,18 +290,18 @@ class UpstreamSession:
             self._watching = False
 
     async def _reachable(self) -> bool:
+        """Does the upstream accept a TCP connection (at an address the SSRF policy allows)?"""
         parts = urlsplit(self.config.url)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
             with anyio.fail_after(min(2.0, self.config.connect_timeout)):
-                stream = await anyio.connect_tcp(host, port)
-        except (OSError, TimeoutError):
+                addresses = await resolve_checked(host, port, self._pool.allow_private)
+                stream = await anyio.connect_tcp(addresses[0], port)
+        except (OSError, TimeoutError, JunctionError):
             return False
-        peer = stream.extra(anyio.abc.SocketAttribute.remote_address)
         await stream.aclose()
-        address = peer[0] if isinstance(peer, tuple) else str(peer)
-        return self._pool.peer_allowed(str(address))
+        return True
 
     def _transports(self) -> list[str]:
         if self._transport_hint:
@@ -268,7 +316,11 @@ class UpstreamSession:
                 live = await self._pool.task_group.start(self._run, kind)
             except Exception as exc:  # try the next transport, report the first failure
                 errors.append(exc)
-                if any(isinstance(e, httpx2.ConnectError | httpx2.TimeoutException) for e in _leaves(exc)):
+                leaves = _leaves(exc)
+                refused = [e for e in leaves if isinstance(e, UpstreamRefused)]
+                if refused:
+                    raise refused[0] from exc
+                if any(isinstance(e, httpx2.ConnectError | httpx2.TimeoutException) for e in leaves):
                     break
                 continue
             self._transport_hint = kind
@@ -297,11 +349,12 @@ class UpstreamSession:
                 if wire.session_expired(status, message):
                     state.session_lost = True
 
+        limits = httpx2.Limits(max_connections=self._pool.max_connections, max_keepalive_connections=64)
         return httpx2.AsyncClient(
-            verify=_tls_context(),
+            # Every socket goes to an address the SSRF policy checked (no second DNS lookup).
+            transport=pinned_transport(self._pool.allow_private, verify=_tls_context(), limits=limits),
             auth=CredentialsAuth(self.credentials),
             timeout=httpx2.Timeout(c.connect_timeout, read=max(c.call_timeout, c.list_timeout) + 5),
-            limits=httpx2.Limits(max_connections=self._pool.max_connections, max_keepalive_connections=64),
             follow_redirects=False,
             event_hooks={"response": [watch_session]},
         )
@@ -321,7 +374,10 @@ class UpstreamSession:
                         c.url,
                         timeout=c.connect_timeout,
                         sse_read_timeout=max(c.call_timeout, 300.0) + 5,
-                        httpx_client_factory=functools.partial(_sse_http_client, auth=auth),
+                        httpx_client_factory=functools.partial(
+                            _sse_http_client, allow_private=self._pool.allow_private, state=state
+                        ),
+                        auth=auth,
                     )
                     mode = "legacy"
                 else:
@@ -350,7 +406,7 @@ class UpstreamSession:
                         {},
                         self.config.connect_timeout,
                         _tls_context(),
-                        check_peer=self._pool.peer_allowed,
+                        allow_private=self._pool.allow_private,
                         max_connections=self._pool.max_connections,
                     )
                     stack.callback(fast_http.close)
@@ -370,7 +426,7 @@ class UpstreamSession:
             if live is not None:
                 live.error = exc
             if self._live is live and not closed.is_set():
-                message = describe_failure(exc)
+                message = self.redactor.redact(describe_failure(exc))
                 self._failures += 1
                 self._last_error = message
                 log.warning("upstream %s/%s session ended: %s", *self.key, message)
@@ -397,6 +453,7 @@ class UpstreamSession:
         await self.close()
 
     def _forget(self, live_client: Client | None) -> None:
+
         live = self._live
         if live is not None and live.client is live_client:
             live.closed.set()
@@ -426,6 +483,18 @@ class UpstreamSession:
         self._inflight += 1
         try:
             return await self._attempts(op, limit, what, timed_by_op)
+        except MCPError as exc:
+            # An upstream may quote the credentials it was sent: they never go further.
+            if not self.redactor:
+                raise
+            error = exc.error
+            clean = self.redactor.redact_json(error.data) if error.data is not None else None
+            raise type(exc)(error.code, self.redactor.redact(error.message), clean) from None
+        except JunctionError as exc:
+            if self.redactor:
+                exc.message = self.redactor.redact(exc.message)
+                exc.args = (exc.message,)
+            raise
         finally:
             self._inflight -= 1
             if not self._inflight and self._idle_event is not None:
@@ -470,7 +539,7 @@ class UpstreamSession:
                 message = (
                     describe_failure(ended) if ended is not None else "the upstream closed the connection"
                 )
-                await self._failed(message)
+                await self._failed(message, unreachable=ended is not None and _never_sent(ended))
                 raise UpstreamUnavailable(message) from exc
             except Unauthorized as exc:
                 log.warning("upstream %s/%s refused the gateway's credentials", *self.key)
@@ -483,7 +552,7 @@ class UpstreamSession:
                 self._forget(client)
                 if attempt == 1 and _never_sent(exc):
                     continue
-                await self._failed(describe_failure(exc))
+                await self._failed(describe_failure(exc), unreachable=_never_sent(exc))
                 raise UpstreamUnavailable(describe_failure(exc)) from exc
             except wire.WireError as exc:
                 log.warning("upstream %s/%s broke the protocol: %s", *self.key, exc.message)
@@ -614,12 +683,27 @@ class UpstreamSession:
                 # The fast lane keeps the deadline on its connection: no timeout scope per call.
                 deadline = asyncio.get_running_loop().time() + timeout
                 return await live.fastlane.call_tool(name, arguments, deadline, meta=meta, notify=notify)
+            progress = None
+            token = meta.get("progressToken") if meta else None
+            if notify is not None and token is not None:
+
+                async def progress(progress: float, total: float | None, message: str | None) -> None:
+                    params: dict[str, Any] = {"progressToken": token, "progress": progress}
+                    if total is not None:
+                        params["total"] = total
+                    if message is not None:
+                        params["message"] = message
+                    await notify(wire.Notification("notifications/progress", params))
+
             async with asyncio.timeout(timeout):
-                result = await client.call_tool(name, arguments)
+                result = await client.call_tool(name, arguments, progress_callback=progress)
             dumped: dict[str, Any] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
             return dumped
 
-        return await self._with_retry(call, timeout, f"tool {name!r}", timed_by_op=True)
+        result: dict[str, Any] = await self._with_retry(call, timeout, f"tool {name!r}", timed_by_op=True)
+        if result.get("isError") is True and self.redactor:
+            return self.redactor.redact_json(result)  # type: ignore[no-any-return]
+        return result
 
     async def request(self, method: str, params: dict[str, Any] | None, result_type: type[Any]) -> Any:
         """Forward any other request (resources, prompts, completion) unchanged."""
@@ -680,11 +764,6 @@ class ConnectionPool:
         self._sessions: dict[Key, UpstreamSession] = {}
         self._state_listeners: list[StateListener] = []
         self._tools_listeners: list[ToolsChangedListener] = []
-
-    def peer_allowed(self, address: str) -> bool:
-        """Re-check every fast-lane socket's peer: DNS may have changed since the URL was checked."""
-        kind = classify(ipaddress.ip_address(address.split("%")[0]))
-        return kind == "public" or (kind == "private" and self.allow_private)
 
     def on_state_change(self, listener: StateListener) -> None:
         self._state_listeners.append(listener)
