@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +37,7 @@ FORBIDDEN_HEADERS = {
     "host", "content-length", "content-type", "accept", "connection", "transfer-encoding",
     "mcp-session-id", "mcp-protocol-version", "mcp-method", "mcp-name", "upgrade", "te", "trailer",
 }  # fmt: skip
+ChangeListener = Callable[[str, str | None], None]
 TIMEOUT_KEYS = {"connect": "connect_timeout", "list": "list_timeout", "call": "call_timeout"}
 UNDECRYPTABLE = (
     "the stored headers of this connection cannot be decrypted with the configured master key; "
@@ -68,6 +69,9 @@ def parse_connection_input(body: Mapping[str, Any]) -> ConnectionInput:
         raise ValidationFailed("only transport 'http' is supported")
     url = body.get("mcpUrl")
     if url is not None:
+        if isinstance(url, str) and any(c <= " " or c == "\x7f" for c in url):
+            # urlsplit would quietly drop a tab or newline; a URL never holds these (RFC 3986).
+            raise ValidationFailed("mcpUrl must not contain spaces or control characters")
         validate_url_syntax(url)
     name = body.get("name")
     if name is not None and (not isinstance(name, str) or not 1 <= len(name) <= 255):
@@ -153,6 +157,7 @@ class Directory:
         self._connections: dict[str, dict[str, ConnectionRecord]] = {}
         self._configs: dict[tuple[str, str], UpstreamConfig] = {}
         self._ns_locks: dict[str, anyio.Lock] = {}
+        self._listeners: list[ChangeListener] = []
         pool.on_state_change(self._state_changed)
 
     # namespaces
@@ -178,6 +183,7 @@ class Directory:
         if not created and tool_names is not None and tool_names != record.tool_names:
             await self._store.set_namespace_tool_names(name, tool_names)
             record = replace(record, tool_names=tool_names)
+            self._changed(name, None)
         self._namespaces[name] = record
         return record, created
 
@@ -191,7 +197,8 @@ class Directory:
             self._namespaces.pop(name, None)
             for cid in list(self._connections.pop(name, {})):
                 self._configs.pop((name, cid), None)
-            await self._pool.remove_namespace(name)
+        self._changed(name, None)
+        await self._pool.remove_namespace(name)
 
     # connections
     def _lock(self, namespace: str) -> anyio.Lock:
@@ -261,7 +268,8 @@ class Directory:
         if connection_id is not None:
             validate_connection_id(connection_id)
         async with self._lock(namespace):
-            return await self._create_locked(namespace, connection_id, data)
+            record = await self._create_locked(namespace, connection_id, data)
+        return await self._connect(record)
 
     async def _create_locked(
         self, namespace: str, connection_id: str | None, data: ConnectionInput
@@ -294,30 +302,36 @@ class Directory:
     ) -> tuple[ConnectionRecord, bool]:
         validate_connection_id(connection_id)
         async with self._lock(namespace):
-            if connection_id not in await self._loaded(namespace):
-                return await self._create_locked(namespace, connection_id, data), True
-            current = await self.connection(namespace, connection_id)
-            if data.mcp_url is not None and data.mcp_url != current.mcp_url:
-                raise Conflict(
-                    f"connection {connection_id!r} already points at a different mcpUrl; "
-                    "delete it first to change the upstream"
-                )
-            record = replace(
-                current,
-                name=data.name if data.name is not None else current.name,
-                metadata=data.metadata if data.metadata_set else current.metadata,
-                timeouts=data.timeouts if data.timeouts is not None else current.timeouts,
-                updated_at=datetime.now(UTC),
+            record, created = await self._upsert_locked(namespace, connection_id, data)
+        return await self._connect(record), created
+
+    async def _upsert_locked(
+        self, namespace: str, connection_id: str, data: ConnectionInput
+    ) -> tuple[ConnectionRecord, bool]:
+        if connection_id not in await self._loaded(namespace):
+            return await self._create_locked(namespace, connection_id, data), True
+        current = await self.connection(namespace, connection_id)
+        if data.mcp_url is not None and data.mcp_url != current.mcp_url:
+            raise Conflict(
+                f"connection {connection_id!r} already points at a different mcpUrl; "
+                "delete it first to change the upstream"
             )
-            if data.headers is not None:
-                headers = dict(self._headers(current))
-                for key, value in data.headers.items():
-                    for existing in [k for k in headers if k.lower() == key.lower()]:
-                        del headers[existing]
-                    if value is not None:
-                        headers[key] = value
-                record = self._with_headers(record, headers)
-            return await self._save(record), False
+        record = replace(
+            current,
+            name=data.name if data.name is not None else current.name,
+            metadata=data.metadata if data.metadata_set else current.metadata,
+            timeouts=data.timeouts if data.timeouts is not None else current.timeouts,
+            updated_at=datetime.now(UTC),
+        )
+        if data.headers is not None:
+            headers = dict(self._headers(current))
+            for key, value in data.headers.items():
+                for existing in [k for k in headers if k.lower() == key.lower()]:
+                    del headers[existing]
+                if value is not None:
+                    headers[key] = value
+            record = self._with_headers(record, headers)
+        return await self._save(record), False
 
     async def delete_connection(self, namespace: str, connection_id: str) -> None:
         async with self._lock(namespace):
@@ -325,7 +339,8 @@ class Directory:
             await self._store.delete_connection(namespace, connection_id)
             self._connections.get(namespace, {}).pop(connection_id, None)
             self._configs.pop((namespace, connection_id), None)
-            await self._pool.remove((namespace, connection_id))
+        self._changed(namespace, connection_id)
+        await self._pool.remove((namespace, connection_id))
 
     # upstream sessions
     def upstream_for(self, record: ConnectionRecord) -> UpstreamSession:
@@ -386,9 +401,21 @@ class Directory:
         return replace(record, headers_ciphertext=sealed, header_names=tuple(sorted(headers)))
 
     async def _save(self, record: ConnectionRecord) -> ConnectionRecord:
-        """Connect to the upstream to learn its status and serverInfo, then persist and cache."""
+        """Persist and cache a created or changed connection (no upstream I/O: callers hold the
+        namespace lock), and point its key at a session with the new config."""
         key = (record.namespace, record.connection_id)
-        config = self._configs[key] = self._config(record)
+        self._configs[key] = self._config(record)
+        self._pool.session(key, self._configs[key])
+        await self._store.put_connection(record)
+        self._connections.setdefault(record.namespace, {})[record.connection_id] = record
+        self._changed(record.namespace, record.connection_id)
+        return record
+
+    async def _connect(self, record: ConnectionRecord) -> ConnectionRecord:
+        """Connect to the upstream to learn its status and serverInfo, and record them (outside any
+        namespace-wide lock: a slow upstream must not hold up its namespace's other writes)."""
+        key = (record.namespace, record.connection_id)
+        config = self._configs.get(key) or self._config(record)
         session = self._pool.session(key, config)
         status: dict[str, Any]
         try:
@@ -401,18 +428,28 @@ class Directory:
             }
         # What the upstream said may quote the credentials it was sent: never store them.
         redactor = Redactor.for_headers(config.headers)
-        record = replace(
-            record,
-            status=redactor.redact_json(status),
-            server_info=(
-                redactor.redact_json(session.server_info)
-                if status["state"] == "connected"
-                else record.server_info
-            ),
+        status = redactor.redact_json(status)
+        server_info = (
+            redactor.redact_json(session.server_info)
+            if status["state"] == "connected"
+            else record.server_info
         )
-        await self._store.put_connection(record)
-        self._connections.setdefault(record.namespace, {})[record.connection_id] = record
-        return record
+        current = self._connections.get(record.namespace, {}).get(record.connection_id)
+        if current is None or current.updated_at != record.updated_at:
+            return current or record  # deleted or changed again meanwhile: that write wins
+        updated = replace(current, status=status, server_info=server_info)
+        self._connections[record.namespace][record.connection_id] = updated
+        await self._store.set_connection_state(record.namespace, record.connection_id, status, server_info)
+        return updated
+
+    # change events: caches subscribe instead of every writer remembering to invalidate them
+    def subscribe(self, listener: ChangeListener) -> None:
+        """Call `listener(namespace, connection_id)` after every change (`None`: the namespace)."""
+        self._listeners.append(listener)
+
+    def _changed(self, namespace: str, connection_id: str | None) -> None:
+        for listener in self._listeners:
+            listener(namespace, connection_id)
 
     async def _state_changed(
         self, key: tuple[str, str], status: dict[str, Any], server_info: dict[str, Any] | None

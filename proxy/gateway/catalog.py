@@ -41,6 +41,8 @@ class Catalog:
         self._maps: dict[str, NameMap] = {}
         self._map_signatures: dict[str, tuple[Any, ...]] = {}
         self._lists: dict[tuple[str, str], tuple[Any, list[dict[str, Any]], bytes]] = {}
+        # Every change to a namespace or its connections invalidates what was derived from it.
+        directory.subscribe(lambda namespace, _connection: self.forget(namespace))
 
     async def visible(self, namespace: str, principal: Principal) -> list[ConnectionRecord]:
         return [

@@ -2,23 +2,24 @@
 
 A small JSON-RPC forwarder over the connection's shared upstream session. It accepts calls
 without `initialize`, ignores any `mcp-session-id` (the Smithery SDK sends
-`smithery-stateless`), answers 202 to notifications and 405 to GET/DELETE.
+`smithery-stateless`), answers 202 to notifications and 405 to GET/DELETE. It advertises only
+what it delivers: tools, resources and prompts to read and list, completions; no subscriptions
+and no `listChanged` (it keeps no stream to announce changes on). 2026-07-28 requests are checked
+as the namespace endpoint checks them, and every rule comes from `proxy.wire`.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import mcp.types as types
 from mcp.shared.exceptions import MCPError
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy import __version__
-from proxy.errors import InvalidJSON, JunctionError, NotFound, UpstreamError
+from proxy import __version__, wire
+from proxy.errors import JunctionError, NotFound, UpstreamError
 from proxy.upstream.pool import UpstreamSession
 
 _FORWARDED: dict[str, type[BaseModel]] = {
@@ -30,42 +31,26 @@ _FORWARDED: dict[str, type[BaseModel]] = {
     "completion/complete": types.CompleteResult,
 }
 _LISTS = {"tools/list", "resources/list", "resources/templates/list", "prompts/list", "server/discover"}
+# What this endpoint serves of each capability an upstream may have (nothing else is copied).
+_SERVED_CAPABILITIES = ("tools", "resources", "prompts", "completions")
 
 
 def _dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(payload, separators=(",", ":")),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
+def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def rpc_error(
     id_: Any, code: int, message: str, status: int, data: Any = None, headers: dict[str, str] | None = None
 ) -> Response:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if data is not None:
-        error["data"] = data
-    return _json({"jsonrpc": "2.0", "id": id_, "error": error}, status, headers)
+    return _json(wire.error_body(id_, code, message, data), status, headers)
 
 
 def error_response(id_: Any, exc: JunctionError) -> Response:
     return rpc_error(id_, exc.jsonrpc_code, exc.message, exc.status, headers=exc.headers)
-
-
-def parse_message(body: bytes) -> dict[str, Any]:
-    try:
-        message = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise InvalidJSON("request body is not valid JSON") from exc
-    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
-        raise InvalidJSON("request body must be one JSON-RPC 2.0 message (batches are not supported)")
-    return message
 
 
 class Passthrough:
@@ -73,50 +58,55 @@ class Passthrough:
 
     async def handle(self, request: Request, body: bytes, session: UpstreamSession) -> Response:
         try:
-            message = parse_message(body)
-        except InvalidJSON as exc:
-            return rpc_error(None, -32700, exc.message, 400)
-        method = message.get("method")
-        if not isinstance(method, str) or "id" not in message:
+            message = wire.decode(body, strict=True)
+        except wire.WireError as exc:
+            return rpc_error(None, exc.code, exc.message, 400)
+        if not isinstance(message, wire.Request):
             return Response(status_code=202)  # a notification or a response: nothing to answer
-        id_ = message["id"]
-        params = message.get("params") or {}
-        if not isinstance(params, dict):
-            return rpc_error(id_, -32602, "params must be an object", 400)
-        version = request.headers.get("mcp-protocol-version")
-        modern = version in MODERN_PROTOCOL_VERSIONS
-        try:
-            result = await self._dispatch(method, params, session, modern)
-        except MCPError as exc:  # the upstream's own JSON-RPC error, unchanged
-            return _json({"jsonrpc": "2.0", "id": id_, "error": _dump(exc.error)})
-        except NotFound as exc:
-            return rpc_error(
-                id_, -32601 if exc.data == "method" else exc.jsonrpc_code, exc.message, exc.status
-            )
-        except UpstreamError as exc:
-            if method == "tools/call":
-                result = {"content": [{"type": "text", "text": exc.message}], "isError": True}
-            else:
-                return error_response(id_, exc)
-        except JunctionError as exc:
-            return error_response(id_, exc)
+        version = request.headers.get("mcp-protocol-version", "")
+        modern = version not in ("", *wire.HANDSHAKE_VERSIONS)
         if modern:
-            result.setdefault("resultType", "complete")
-            if method in _LISTS:
-                result.setdefault("ttlMs", 0)
-                result.setdefault("cacheScope", "private")
-        return _json({"jsonrpc": "2.0", "id": id_, "result": result})
+            problem = wire.check_modern_request(
+                message, version, request.headers.get("mcp-method"), request.headers.get("mcp-name")
+            )
+            if problem is not None:
+                return rpc_error(message.id, problem.code, problem.message, 400, problem.data)
+        try:
+            result = await self._dispatch(message.method, message.params, session)
+        except MCPError as exc:  # the upstream's own JSON-RPC error, with the status its code has
+            error = exc.error
+            status = wire.http_status(error.code) if modern else 200
+            return rpc_error(message.id, error.code, error.message, status, error.data)
+        except NotFound as exc:
+            if exc.data == "method":
+                return rpc_error(message.id, wire.METHOD_NOT_FOUND, exc.message, 404 if modern else 200)
+            return error_response(message.id, exc)
+        except UpstreamError as exc:
+            if message.method != "tools/call":
+                return error_response(message.id, exc)
+            result = {"content": [{"type": "text", "text": exc.message}], "isError": True}
+        except JunctionError as exc:
+            return error_response(message.id, exc)
+        if modern:
+            shaped = wire.modern_result(result, self._server_info(session), listing=message.method in _LISTS)
+        else:
+            shaped = wire.legacy_result(result)
+        return _json(wire.result_body(message.id, shaped))
 
     async def _dispatch(
-        self, method: str, params: dict[str, Any], session: UpstreamSession, modern: bool
+        self, method: str, params: dict[str, Any], session: UpstreamSession
     ) -> dict[str, Any]:
         if method == "tools/call":
             name = params.get("name")
             arguments = params.get("arguments")
             if not isinstance(name, str) or (arguments is not None and not isinstance(arguments, dict)):
-                raise MCPError(-32602, "tools/call needs a string 'name' and an object 'arguments'")
+                raise MCPError(
+                    wire.INVALID_PARAMS, "tools/call needs a string 'name' and an object 'arguments'"
+                )
             return await session.call_tool(name, arguments)
         if method == "tools/list":
+            if params.get("cursor") is not None:
+                raise MCPError(wire.INVALID_PARAMS, "invalid cursor")  # the list is one page
             return {"tools": [_dump(t) for t in await session.list_tools()]}
         if method == "ping":
             return {}
@@ -132,14 +122,15 @@ class Passthrough:
     async def _capabilities(self, session: UpstreamSession) -> dict[str, Any]:
         client = await session.client()
         caps = _dump(client.server_capabilities)
-        return {k: v for k, v in caps.items() if k in ("tools", "resources", "prompts", "completions")}
+        # Served as plain request/response: no subscriptions, no list-changed announcements.
+        return {name: {} for name in _SERVED_CAPABILITIES if name in caps}
 
     def _server_info(self, session: UpstreamSession) -> dict[str, Any]:
         return session.server_info or {"name": "mcp-junction", "version": __version__}
 
     async def _initialize(self, params: dict[str, Any], session: UpstreamSession) -> dict[str, Any]:
         asked = params.get("protocolVersion")
-        version = asked if asked in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+        version = asked if asked in wire.HANDSHAKE_VERSIONS else wire.HANDSHAKE_VERSIONS[-1]
         return {
             "protocolVersion": version,
             "capabilities": await self._capabilities(session),
@@ -147,10 +138,8 @@ class Passthrough:
         }
 
     async def _discover(self, session: UpstreamSession) -> dict[str, Any]:
-        info = self._server_info(session)
         return {
-            "supportedVersions": list(MODERN_PROTOCOL_VERSIONS),
+            "supportedVersions": list(wire.MODERN_VERSIONS),
             "capabilities": await self._capabilities(session),
-            "serverInfo": info,
-            "_meta": {"io.modelcontextprotocol/serverInfo": info},
+            "serverInfo": self._server_info(session),
         }

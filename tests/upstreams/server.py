@@ -13,7 +13,8 @@ run from the repository root; it serves on 127.0.0.1:PORT until SIGTERM. Kinds:
 - ``sse``     the same tools over the deprecated HTTP+SSE transport: GET ``/sse``, POST ``/messages/``.
 - ``dotted``  tools with dotted names, a ``repo_search`` that collides with ``repo.search`` once
   dots become underscores, and one 100-character name.
-- ``slow``    ``tools/list`` sleeps ``--list-delay`` seconds (default 0.1); tools ``echo``, ``sleep``.
+- ``slow``    ``tools/list`` sleeps ``--list-delay`` seconds (default 0.1); tools ``echo``, ``sleep`` and
+  ``cancellations`` (the ``seconds`` of every ``sleep`` cancelled so far, as JSON).
 - ``paged``   25 tools ``t00``..``t24``, listed 10 per page with ``next_cursor``.
 
 ``--echo-auth-errors WHERE`` (Streamable HTTP kinds) makes the server fail the way careless
@@ -121,9 +122,21 @@ async def _headers(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult
     return _text(value)
 
 
+CANCELLED: list[float] = []  # the `seconds` of every sleep that was cancelled, in order
+
+
 async def _sleep(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
-    await anyio.sleep(float(args.get("seconds", 0)))
+    seconds = float(args.get("seconds", 0))
+    try:
+        await anyio.sleep(seconds)
+    except anyio.get_cancelled_exc_class():
+        CANCELLED.append(seconds)
+        raise
     return _text("slept")
+
+
+async def _cancellations(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+    return _text(json.dumps(CANCELLED))
 
 
 def _prefixed(prefix: str, key: str) -> Handler:
@@ -149,6 +162,9 @@ async def _create_issue(ctx: ServerRequestContext[Any], args: Args) -> CallToolR
 
 ECHO = _spec("echo", "Echo the text back", _echo, _schema(text="string"))
 SLEEP = _spec("sleep", "Sleep for some seconds, then answer 'slept'", _sleep, _schema(seconds="number"))
+CANCELLATIONS = _spec(
+    "cancellations", "The seconds of every sleep cancelled so far (JSON)", _cancellations, _schema()
+)
 STANDARD = [
     ECHO,
     _spec(
@@ -197,7 +213,7 @@ TOOLS: dict[str, list[ToolSpec]] = {
     "legacy": STANDARD,
     "sse": STANDARD,
     "dotted": DOTTED,
-    "slow": [ECHO, SLEEP],
+    "slow": [ECHO, SLEEP, CANCELLATIONS],
     "paged": PAGED,
 }
 
