@@ -407,3 +407,61 @@ def test_a_tool_page_limit_is_reported_in_the_status(
         assert len(tools) == 20
         status = client.get(f"/{ns}/p").json()["status"]
         assert "max_tool_pages" in status.get("message", ""), status
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_progress_reaches_the_caller_through_the_passthrough(
+    gateway: Gateway, everything_upstream: Upstream, mode: str
+) -> None:
+    import anyio
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    with gateway.client(timeout=30) as client:
+        ns = new_namespace(client)
+        put(client, ns, "ev", everything_upstream.url)
+    seen: list[tuple[float, float | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total))
+
+    async def main() -> str:
+        headers = {"Authorization": f"Bearer {gateway.admin_key}"}
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+            with anyio.fail_after(30):
+                transport = streamable_http_client(gateway.mcp_url(ns, "ev"), http_client=http)
+                async with Client(transport, mode=mode) as mcp_client:
+                    result = await mcp_client.call_tool(
+                        "trigger-long-running-operation",
+                        {"duration": 0.3, "steps": 3},
+                        progress_callback=on_progress,
+                    )
+                    return str(result.content[0].text)  # type: ignore[union-attr]
+
+    assert "completed" in anyio.run(main)
+    assert seen == [(1.0, 3.0), (2.0, 3.0), (3.0, 3.0)]
+
+
+def test_legacy_sessions_are_capped(start_gateway: Callable[..., Gateway], modern_upstream: Upstream) -> None:
+    gateway = start_gateway(JUNCTION_MAX_LEGACY_SESSIONS="2")
+    with gateway.client(timeout=30) as client:
+        ns = new_namespace(client)
+        put(client, ns, "m", modern_upstream.url)
+        legacy_session(client, f"/mcp/{ns}")
+        legacy_session(client, f"/mcp/{ns}")
+        third = client.post(
+            f"/mcp/{ns}",
+            headers={"accept": "application/json, text/event-stream"},
+            json={
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "x", "version": "1"},
+                },
+            },
+        )
+        assert third.status_code == 503 and "error" in third.json(), third.text
+        assert client.post(f"/{ns}/m/.tools/echo", json={"text": "still"}).status_code == 200

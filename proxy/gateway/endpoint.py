@@ -126,4 +126,5 @@ def build_session_manager(server: Server[Any], settings: Settings) -> Streamable
         app=server,
         max_request_body_size=settings.max_body_bytes,
         session_idle_timeout=settings.session_idle_timeout,
+        max_sessions=settings.max_legacy_sessions,
     )

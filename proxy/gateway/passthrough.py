@@ -10,13 +10,15 @@ as the namespace endpoint checks them, and every rule comes from `proxy.wire`.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import mcp.types as types
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from proxy import __version__, wire
 from proxy.errors import JunctionError, NotFound, UpstreamError
@@ -71,6 +73,10 @@ class Passthrough:
             )
             if problem is not None:
                 return rpc_error(message.id, problem.code, problem.message, 400, problem.data)
+        meta = message.params.get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        if message.method == "tools/call" and isinstance(token, str | int) and wire.is_request_id(token):
+            return self._streamed_call(message, session, token, modern)
         try:
             result = await self._dispatch(message.method, message.params, session)
         except MCPError as exc:  # the upstream's own JSON-RPC error, with the status its code has
@@ -92,6 +98,51 @@ class Passthrough:
         else:
             shaped = wire.legacy_result(result)
         return _json(wire.result_body(message.id, shaped))
+
+    def _streamed_call(
+        self, message: wire.Request, session: UpstreamSession, token: str | int, modern: bool
+    ) -> Response:
+        """A call that asked for progress: answered as server-sent events, the upstream's progress
+        first, then the result. The call runs while the caller reads; a caller that leaves
+        cancels it (and the upstream hears of it)."""
+        params = message.params
+        name, arguments = params.get("name"), params.get("arguments")
+        if not isinstance(name, str) or (arguments is not None and not isinstance(arguments, dict)):
+            status = 400 if modern else 200
+            return rpc_error(message.id, wire.INVALID_PARAMS, "tools/call needs a string 'name'", status)
+        send, receive = anyio.create_memory_object_stream[bytes](16)
+
+        async def relay(note: wire.Notification) -> None:
+            if note.method == "notifications/progress" and note.params.get("progressToken") == token:
+                await send.send(wire.sse_event(wire.notification_body(note.method, note.params)))
+
+        async def call() -> None:
+            async with send:
+                try:
+                    raw = await session.call_tool(
+                        name, arguments, meta={"progressToken": token}, notify=relay
+                    )
+                    info = self._server_info(session)
+                    result = wire.modern_result(raw, info) if modern else wire.legacy_result(raw)
+                    body = wire.result_body(message.id, result)
+                except MCPError as exc:
+                    body = wire.error_body(message.id, exc.error.code, exc.error.message, exc.error.data)
+                except UpstreamError as exc:
+                    failed = {"content": [{"type": "text", "text": exc.message}], "isError": True}
+                    body = wire.result_body(message.id, failed)
+                except JunctionError as exc:
+                    body = wire.error_body(message.id, exc.jsonrpc_code, exc.message)
+                await send.send(wire.sse_event(body))
+
+        async def events() -> AsyncIterator[bytes]:
+            async with anyio.create_task_group() as tg, receive:
+                tg.start_soon(call)
+                async for event in receive:
+                    yield event
+                tg.cancel_scope.cancel()
+
+        headers = {"cache-control": "no-cache"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
     async def _dispatch(
         self, method: str, params: dict[str, Any], session: UpstreamSession
