@@ -23,9 +23,18 @@ from starlette.types import Message, Receive, Scope, Send
 
 from proxy import __version__
 from proxy.api import connections, keys, namespaces, tools
-from proxy.api._http import error_response, gateway, json_response, principal, read_asgi_body, read_body
+from proxy.api._http import (
+    error_response,
+    gateway,
+    json_response,
+    json_rpc_errors,
+    parse_json,
+    principal,
+    read_asgi_body,
+    read_body,
+)
 from proxy.auth.keys import ApiKeys
-from proxy.auth.middleware import PRINCIPAL_KEY, AuthMiddleware
+from proxy.auth.middleware import PRINCIPAL_KEY, AuthMiddleware, is_mcp_path
 from proxy.auth.policy import Principal, require
 from proxy.directory import Directory
 from proxy.errors import ConfigError, JunctionError, MethodNotAllowed, NotFound
@@ -116,9 +125,14 @@ class NamespaceMCP:
                 return
             if handled:
                 return
+            try:
+                parse_json(body)  # the SDK would take NaN, Infinity and lone surrogates
+            except JunctionError as exc:
+                await rpc_error_response(None, exc)(scope, receive, send)
+                return
             send = gw.fast_path.watch_initialize(body, send)
             receive = _replay(body, receive)
-        await gw.session_manager.handle_request(scope, receive, send)
+        await gw.session_manager.handle_request(scope, receive, json_rpc_errors(send))
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -162,11 +176,15 @@ async def on_junction_error(request: Request, exc: Exception) -> Response:
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    error: JunctionError
     if exc.status_code == 404:
-        return error_response(NotFound(f"no route for {request.method} {request.url.path}"))
-    if exc.status_code == 405:
-        return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
-    return json_response({"error": "http_error", "message": str(exc.detail)}, exc.status_code)
+        error = NotFound(f"no route for {request.method} {request.url.path}")
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+    else:
+        return json_response({"error": "http_error", "message": str(exc.detail)}, exc.status_code)
+    # An MCP client reads JSON-RPC, even about a path that does not exist.
+    return rpc_error_response(None, error) if is_mcp_path(request.url.path) else error_response(error)
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
@@ -387,7 +405,9 @@ def run(settings: Settings) -> None:
         proxy_headers=False,
         server_header=False,
         access_log=settings.access_log,
-        http=GatewayHttpProtocol,
+        # Request heads are bounded (431 past the limit); h11's bound too, should it ever be used.
+        http=GatewayHttpProtocol.with_head_limit(settings.max_header_bytes),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         ws="none",
     )
     print(

@@ -8,9 +8,11 @@
     ├── PayloadTooLarge           payload_too_large 413
     ├── Unauthorized              unauthorized    401
     ├── Forbidden                 forbidden       403
+    │   └── ForbiddenOrigin       forbidden_origin (an Origin header not allowed)
     ├── NotFound                  not_found       404
     ├── MethodNotAllowed          method_not_allowed 405
     ├── Conflict                  conflict        409
+    ├── HeadersTooLarge           headers_too_large 431
     ├── ToolError                 tool_error      422
     └── UpstreamError             upstream_error  502
         ├── UpstreamTimeout       upstream_timeout 504
@@ -80,6 +82,12 @@ class Forbidden(JunctionError):
     jsonrpc_code = -32001
 
 
+class ForbiddenOrigin(Forbidden):
+    """A request carrying an `Origin` the gateway does not allow (the MCP DNS-rebinding rule)."""
+
+    code = "forbidden_origin"
+
+
 class NotFound(JunctionError):
     code = "not_found"
     status = 404
@@ -100,6 +108,12 @@ class Conflict(JunctionError):
     def __init__(self, message: str, **kwargs: Any):
         super().__init__(message, **kwargs)
         self.headers.setdefault("x-should-retry", "false")
+
+
+class HeadersTooLarge(JunctionError):
+    code = "headers_too_large"
+    status = 431
+    jsonrpc_code = -32600
 
 
 class ToolError(JunctionError):

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from proxy.errors import ConfigError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,8 @@ class Settings:
     master_key: str = field(default="", repr=False)
     allow_private_upstreams: bool = False
     max_body_bytes: int = 4 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    allowed_origins: tuple[str, ...] = ()
     connect_timeout: float = 15.0
     list_timeout: float = 20.0
     call_timeout: float = 600.0
@@ -46,6 +53,13 @@ class Settings:
             raise ConfigError("tool_names must be one of auto, dotted, safe")
         if self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes must be at least 1024")
+        if self.max_header_bytes < 1024:
+            raise ConfigError("max_header_bytes must be at least 1024")
+        for origin in self.allowed_origins:
+            if origin != "*" and normalize_origin(origin) is None:
+                raise ConfigError(
+                    f"allowed_origins: {origin[:100]!r} is not an origin like https://app.example.com (or *)"
+                )
         for name in (
             "connect_timeout",
             "list_timeout",
@@ -72,6 +86,14 @@ class Settings:
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
+
+    @cached_property
+    def origin_allowlist(self) -> frozenset[str]:
+        """Normalized allowed `Origin` values: `allowed_origins` and the public URL's origin ("*": any)."""
+        url = urlsplit(self.effective_public_url)
+        public = normalize_origin(f"{url.scheme}://{url.netloc}")  # the public URL may have a path
+        listed = {o if o == "*" else normalize_origin(o) for o in self.allowed_origins}
+        return frozenset(o for o in (*listed, public) if o is not None)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -111,8 +133,38 @@ class Settings:
         return cls(**values)
 
 
+def normalize_origin(value: str) -> str | None:
+    """`scheme://host[:port]` as browsers send it in `Origin` (lower case, no default port), or None."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if (
+        not _SCHEME.fullmatch(scheme)
+        or not host
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}" if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{scheme}://{host}:{port}"
+
+
 def _coerce(name: str, type_name: Any, value: Any) -> Any:
     type_name = str(type_name)
+    if type_name == "tuple[str, ...]":
+        # A TOML list, or a comma-separated string (the environment).
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(
+                f"setting {name} must be a list of strings (comma-separated in the environment)"
+            )
+        return tuple(i.strip() for i in items if i.strip())
     try:
         if type_name == "bool":
             if isinstance(value, bool):

@@ -190,10 +190,13 @@ class Response:
 Message = Request | Notification | Response
 
 
-def decode(body: bytes | str) -> Message:
-    """One JSON-RPC message from a body; WireError -32700 (not JSON) or -32600 (not a message)."""
+def decode(body: bytes | str, *, strict: bool = False) -> Message:
+    """One JSON-RPC message from a body; WireError -32700 (not JSON) or -32600 (not a message).
+
+    `strict` (for what clients send us) also refuses NaN, Infinity and lone surrogate escapes."""
     try:
-        value = wirejson.loads(body.encode() if isinstance(body, str) else body)
+        data = body.encode() if isinstance(body, str) else body
+        value = wirejson.loads_strict(data) if strict else wirejson.loads(data)
     except (ValueError, RecursionError) as exc:
         raise WireError(PARSE_ERROR, "the body is not valid JSON") from exc
     return message(value)

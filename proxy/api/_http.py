@@ -1,15 +1,16 @@
-"""Request parsing and response helpers shared by the REST endpoints."""
+"""Request parsing and response helpers shared by the REST endpoints (and the MCP ones' edges)."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
+from http import HTTPStatus
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope
+from starlette.types import Message, Receive, Scope, Send
 
+from proxy import wirejson
 from proxy.auth.policy import Principal
 from proxy.errors import InvalidJSON, JunctionError, PayloadTooLarge, ValidationFailed
 from proxy.state import Gateway
@@ -26,8 +27,10 @@ def principal(request: Request) -> Principal:
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+    # wirejson.dumps: valid JSON in valid UTF-8 even for a lone surrogate or a NaN in stored data.
+    return Response(
+        wirejson.dumps(payload), status_code=status, media_type="application/json", headers=headers
+    )
 
 
 def error_response(exc: JunctionError) -> Response:
@@ -74,6 +77,16 @@ async def read_asgi_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def parse_json(body: bytes) -> Any:
+    """The value of a request body, held to strict JSON (no NaN, Infinity or lone surrogates)."""
+    try:
+        return wirejson.loads_strict(body)
+    except ValueError as exc:  # UnicodeDecodeError and orjson's errors are ValueErrors
+        raise InvalidJSON(
+            "request body is not valid JSON (UTF-8; NaN, Infinity and lone surrogate escapes are not JSON)"
+        ) from exc
+
+
 async def read_json_object(request: Request, *, empty_ok: bool = True) -> dict[str, Any]:
     """The body as a JSON object (an empty body counts as `{}` when `empty_ok`)."""
     body = await read_body(request, gateway(request).settings.max_body_bytes)
@@ -81,13 +94,68 @@ async def read_json_object(request: Request, *, empty_ok: bool = True) -> dict[s
         if empty_ok:
             return {}
         raise InvalidJSON("request body is empty; send a JSON object")
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise InvalidJSON("request body is not valid JSON") from exc
+    value = parse_json(body)
     if not isinstance(value, dict):
         raise ValidationFailed("request body must be a JSON object")
     return value
+
+
+def json_rpc_errors(send: Send) -> Send:
+    """A `send` that turns an error answer that is not JSON (the MCP SDK's plain-text 400 for a
+    wrong Content-Type, its 413) into a JSON-RPC error with the same status: an MCP client always
+    gets a body it can parse. Other answers, streams included, pass through as they are."""
+    start: Message | None = None
+    chunks: list[bytes] = []
+    passing = False
+
+    async def sending(message: Message) -> None:
+        nonlocal start, passing
+        if passing:
+            await send(message)
+        elif message["type"] == "http.response.start":
+            headers = message.get("headers", ())
+            if message["status"] < 400 or _is_json(headers):
+                passing = True
+                await send(message)
+            else:
+                start = message
+        elif message["type"] == "http.response.body" and start is not None:
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                passing = True
+                await _send_rpc_error(send, start, b"".join(chunks))
+        else:
+            await send(message)
+
+    return sending
+
+
+def _is_json(headers: Any) -> bool:
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            media = value.split(b";")[0].strip().lower()
+            return bool(media == b"application/json" or media.endswith(b"+json"))
+    return False
+
+
+async def _send_rpc_error(send: Send, start: Message, body: bytes) -> None:
+    status: int = start["status"]
+    text = " ".join(body.decode("utf-8", "replace").split())[:500]
+    if not text:
+        try:
+            text = HTTPStatus(status).phrase
+        except ValueError:
+            text = f"HTTP {status}"
+    code = -32603 if status >= 500 else -32600
+    payload = wirejson.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": text}})
+    headers = [
+        (name, value)
+        for name, value in start.get("headers", ())
+        if name.lower() not in (b"content-type", b"content-length")
+    ]
+    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

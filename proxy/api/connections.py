@@ -35,12 +35,17 @@ def metadata_filters(request: Request) -> dict[str, str]:
     """`metadata.k=v` (the CLI) and `metadata[k]=v` (the SDK) query parameters."""
     out: dict[str, str] = {}
     for key, value in request.query_params.multi_items():
+        if not key.startswith("metadata"):
+            continue
         if key.startswith("metadata.") and len(key) > 9:
             out[key[9:]] = value
         elif key.startswith("metadata[") and key.endswith("]") and len(key) > 10:
             out[key[9:-1]] = value
-        elif key == "metadata":
-            raise ValidationFailed("filter metadata with metadata.<key>=<value> or metadata[<key>]=<value>")
+        else:  # metadata, metadata., metadata[], metadata[k, metadataX: not a filter we can apply
+            raise ValidationFailed(
+                f"query parameter {key[:64]!r} is not a metadata filter; "
+                "use metadata.<key>=<value> or metadata[<key>]=<value>"
+            )
     return out
 
 

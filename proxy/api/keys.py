@@ -32,6 +32,9 @@ async def list_keys(request: Request) -> Response:
 async def create_key(request: Request) -> Response:
     require(principal(request), "write", "keys")
     body = await read_json_object(request)
+    unknown = sorted(set(body) - {"name"})
+    if unknown:
+        raise ValidationFailed(f"unknown field(s): {', '.join(unknown)}; a key takes only a name")
     name = body.get("name", "api key")
     if not isinstance(name, str) or not 1 <= len(name) <= 255:
         raise ValidationFailed("name must be a string of 1-255 characters")

@@ -57,9 +57,11 @@ async def create_namespace(request: Request) -> Response:
 async def put_namespace(request: Request) -> Response:
     require(principal(request), "write", "namespaces")
     body = await read_json_object(request)
-    record, created = await gateway(request).directory.create_namespace(
-        request.path_params["name"], _tool_names(body)
-    )
+    name = request.path_params["name"]
+    tool_names = _tool_names(body)
+    if body.get("name", name) != name:
+        raise ValidationFailed("name in the body differs from the one in the path")
+    record, created = await gateway(request).directory.create_namespace(name, tool_names)
     return json_response(namespace_json(record), 201 if created else 200)
 
 
