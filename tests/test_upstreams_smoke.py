@@ -142,7 +142,7 @@ async def test_slow_listing(slow_upstream: Upstream, start_upstream: Callable[..
             started = time.monotonic()
             tools = (await client.list_tools()).tools
             assert time.monotonic() - started >= delay
-            assert [t.name for t in tools] == ["echo", "sleep"]
+            assert [t.name for t in tools] == ["echo", "sleep", "cancellations"]
             assert text(await client.call_tool("echo", {"text": "late"})) == "late"
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -51,11 +50,6 @@ class ResultTooLarge(Exception):
 
 def _finished(task: asyncio.Task[None]) -> None:
     _background.discard(task)
-
-
-def uses_mcp_headers(schema: Any) -> bool:
-    """True when a tool's input schema asks clients to mirror parameters into `Mcp-Param-*` headers."""
-    return "x-mcp-header" in json.dumps(schema) if schema else False
 
 
 class FastLane:

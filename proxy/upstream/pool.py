@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
 import math
 import ssl
@@ -49,9 +48,9 @@ from proxy.upstream.fastlane import (
     SessionExpired,
     Unauthorized,
     UpstreamRpcError,
-    uses_mcp_headers,
 )
 from proxy.upstream.ssrf import check_upstream_url, resolve_checked
+from proxy.upstream.toollist import ToolList
 
 log = logging.getLogger("junction.upstream")
 
@@ -60,7 +59,6 @@ log = logging.getLogger("junction.upstream")
 PROBE_INTERVAL = 0.5
 PROBE_INTERVAL_CONNECTED = 1.0
 _CLIENT_REQUEST: TypeAdapter[Any] = TypeAdapter(types.ClientRequest)
-_versions = itertools.count(1)
 Key = tuple[str, str]
 StateListener = Callable[[Key, dict[str, Any], dict[str, Any] | None], Awaitable[None]]
 ToolsChangedListener = Callable[[Key], None]
@@ -167,15 +165,13 @@ class UpstreamSession:
         self.server_info: dict[str, Any] | None = None
         self.protocol_version: str | None = None
         self.status: dict[str, Any] | None = None
-        self._tools: list[types.Tool] | None = None
-        self._tools_at = 0.0
-        self._tools_inflight: anyio.Event | None = None
-        # Changes whenever the cached list does; lets callers cache what they derive from it.
-        self.tools_version = next(_versions)
-        # Tools whose calls must mirror arguments into Mcp-Param-* headers: the SDK does that.
-        self._header_tools: frozenset[str] = frozenset()
-        self._tools_error: JunctionError | None = None
-        self._tools_failed_at = 0.0
+        self.tools = ToolList(
+            self._fetch_tools,
+            pool.task_group,
+            ttl=pool.tools_ttl,
+            failure_ttl=pool.failure_ttl,
+            on_change=lambda: pool.tools_changed(key),
+        )
 
     @property
     def connected(self) -> bool:
@@ -461,12 +457,7 @@ class UpstreamSession:
 
     async def _on_message(self, message: Any) -> None:
         if isinstance(message, types.ToolListChangedNotification):
-            self.invalidate_tools()
-
-    def invalidate_tools(self) -> None:
-        self._tools = None
-        self.tools_version = next(_versions)
-        self._pool.tools_changed(self.key)
+            self.tools.invalidate()
 
     # requests
     async def _with_retry(
@@ -571,55 +562,22 @@ class UpstreamSession:
             await live.done.wait()
         return live.error
 
+    @property
+    def tools_version(self) -> int:
+        return self.tools.version
+
     def cached_tools(self) -> list[types.Tool] | None:
         """The tool list if it is cached and fresh, else None (no I/O)."""
-        if self._tools is not None and time.monotonic() - self._tools_at < self._pool.tools_ttl:
-            return self._tools
-        return None
-
-    def recent_tools_error(self) -> JunctionError | None:
-        """The failure of the last listing while it is fresh: a broken upstream is not asked again
-        by every listing; a background refresh retries it."""
-        if (
-            self._tools_error is not None
-            and time.monotonic() - self._tools_failed_at < self._pool.failure_ttl
-        ):
-            return self._tools_error
-        return None
+        return self.tools.cached()
 
     async def list_tools(self, *, wait: float | None = None) -> list[types.Tool]:
-        """Every tool of the upstream (all pages), cached until it changes or ages out.
-
-        A refresh runs in the pool's task group, so a caller that stops waiting after `wait`
-        seconds leaves it running and the next caller finds the list cached. A failure is
-        remembered for a short time (`recent_tools_error`), during which callers get it at once
-        while a refresh runs in the background.
-        """
+        """Every tool of the upstream (all pages), cached; see `ToolList`."""
         self.last_used = time.monotonic()
-        tools = self.cached_tools()
-        if tools is not None:
-            return tools
-        inflight = self._tools_inflight
-        if inflight is None:
-            inflight = self._tools_inflight = anyio.Event()
-            self._pool.task_group.start_soon(self._refresh_tools, inflight)
-        recent = self.recent_tools_error()
-        if recent is not None:
-            raise recent
-        timeout = self.config.list_timeout if wait is None else wait
-        try:
-            with anyio.fail_after(timeout):
-                await inflight.wait()
-        except TimeoutError as exc:
-            error = UpstreamTimeout(f"listing tools timed out after {timeout:g} s")
-            self._tools_error, self._tools_failed_at = error, time.monotonic()
-            raise error from exc
-        if self._tools_error is not None:
-            raise self._tools_error
-        assert self._tools is not None
-        return self._tools
+        return await self.tools.get(self.config.list_timeout if wait is None else wait)
 
-    async def _refresh_tools(self, done: anyio.Event) -> None:
+    async def _fetch_tools(self) -> list[types.Tool]:
+        """Walk every page of the upstream's tools (up to the pool's page limit, reported in the
+        connection's status when hit)."""
         max_pages = self._pool.max_tool_pages
         truncated = False
 
@@ -637,30 +595,22 @@ class UpstreamSession:
             return tools
 
         try:
-            tools = await self._with_retry(walk, self.config.list_timeout, "listing tools")
-            self._tools, self._tools_at, self._tools_error = tools, time.monotonic(), None
-            self.tools_version = next(_versions)
-            self._header_tools = frozenset(t.name for t in tools if uses_mcp_headers(t.input_schema))
-            if truncated:
-                log.warning("upstream %s/%s has more than %d pages of tools", *self.key, max_pages)
-                await self._set_state(
-                    {
-                        "state": "connected",
-                        "message": f"the tool list was cut at {max_pages} pages (setting max_tool_pages)",
-                    }
-                )
-            self._pool.tools_changed(self.key)
-        except JunctionError as exc:
-            self._tools_error = exc
+            tools: list[types.Tool] = await self._with_retry(walk, self.config.list_timeout, "listing tools")
         except MCPError as exc:
-            self._tools_error = UpstreamError(describe_failure(exc))
+            raise UpstreamError(describe_failure(exc)) from exc
+        except JunctionError:
+            raise
         except Exception as exc:
-            self._tools_error = UpstreamUnavailable(describe_failure(exc))
-        finally:
-            if self._tools_error is not None:
-                self._tools_failed_at = time.monotonic()
-            self._tools_inflight = None
-            done.set()
+            raise UpstreamUnavailable(describe_failure(exc)) from exc
+        if truncated:
+            log.warning("upstream %s/%s has more than %d pages of tools", *self.key, max_pages)
+            await self._set_state(
+                {
+                    "state": "connected",
+                    "message": f"the tool list was cut at {max_pages} pages (setting max_tool_pages)",
+                }
+            )
+        return tools
 
     async def call_tool(
         self,
@@ -674,7 +624,7 @@ class UpstreamSession:
 
         `meta` goes into the request's `_meta` (a progressToken); `notify` receives what the
         upstream says about the call meanwhile (progress)."""
-        slow = name in self._header_tools
+        slow = name in self.tools.header_tools
         timeout = self.config.call_timeout
 
         async def call(client: Client) -> dict[str, Any]:
