@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -117,7 +118,7 @@ class NamespaceMCP:
                 await rpc_error_response(None, exc)(scope, receive, send)
                 return
             try:
-                handled = await gw.fast_path.handle(scope, body, send, namespace, caller)
+                handled = await gw.fast_path.handle(scope, body, receive, send, namespace, caller)
             except Exception:  # this route skips the exception middleware: answer, never crash
                 log.exception("fast path failed on POST /mcp/%s", namespace)
                 error = JunctionError("the gateway hit an unexpected error")
@@ -265,6 +266,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 tools_ttl=settings.tools_cache_ttl,
                 idle_timeout=settings.session_idle_timeout,
                 backoff_max=settings.reconnect_backoff_max,
+                max_connections=settings.upstream_max_connections,
+                max_result_bytes=settings.max_result_bytes,
+                max_tool_pages=settings.max_tool_pages,
+                failure_ttl=settings.listing_failure_ttl,
             )
             directory = Directory(store, vault, pool, settings)
             catalog = Catalog(directory, settings.fanout_timeout)
@@ -410,9 +415,21 @@ def run(settings: Settings) -> None:
         h11_max_incomplete_event_size=settings.max_header_bytes,
         ws="none",
     )
-    print(
-        f"mcp-junction {__version__} listening on http://{settings.host}:{settings.port}",
-        file=sys.stderr,
-        flush=True,
-    )
-    uvicorn.Server(config).run()
+    _Server(config, f"mcp-junction {__version__} listening on http://{settings.host}:{settings.port}").run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, saying "listening" only once the socket is bound and the lifespan ran.
+
+    Printed earlier, the line would be a lie for as long as start-up takes, and a plain lie when the
+    port is taken (uvicorn then exits 1); scripts and people wait for it before connecting.
+    """
+
+    def __init__(self, config: uvicorn.Config, listening: str) -> None:
+        super().__init__(config)
+        self._listening = listening
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            print(self._listening, file=sys.stderr, flush=True)

@@ -42,7 +42,12 @@ class Settings:
     fanout_timeout: float = 5.0
     session_idle_timeout: float = 900.0
     tools_cache_ttl: float = 300.0
-    reconnect_backoff_max: float = 30.0
+    reconnect_backoff_max: float = 5.0
+    upstream_max_connections: int = 100
+    max_result_bytes: int = 32 * 1024 * 1024
+    max_tool_pages: int = 1000
+    listing_failure_ttl: float = 5.0
+    max_legacy_sessions: int = 10_000
     tool_names: str = "auto"
     log_level: str = "info"
     access_log: bool = False

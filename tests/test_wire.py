@@ -150,7 +150,7 @@ def test_messages_are_classified() -> None:
 )
 def test_broken_messages(body: bytes, code: int) -> None:
     with pytest.raises(WireError) as info:
-        wire.decode(body)
+        wire.decode(body, strict=True)
     assert info.value.code == code
 
 

@@ -73,7 +73,6 @@ async def create_connection(request: Request) -> Response:
     directory = gateway(request).directory
     await directory.namespace(namespace)
     record = await directory.create_connection(namespace, body.get("connectionId"), data)
-    gateway(request).catalog.forget(namespace)
     return json_response(connection_json(record), 201)
 
 
@@ -104,7 +103,6 @@ async def put_connection(request: Request) -> Response:
         await directory.namespace(namespace)
     require(caller, "write", "connections", namespace, data.metadata or {})
     record, created = await directory.upsert_connection(namespace, connection_id, data)
-    gateway(request).catalog.forget(namespace)
     return json_response(connection_json(record), 201 if created else 200)
 
 
@@ -112,5 +110,4 @@ async def delete_connection(request: Request) -> Response:
     record = await _visible(request)
     require(principal(request), "write", "connections", record.namespace, record.metadata or {})
     await gateway(request).directory.delete_connection(record.namespace, record.connection_id)
-    gateway(request).catalog.forget(record.namespace)
     return json_response({"success": True})

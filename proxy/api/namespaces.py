@@ -76,5 +76,4 @@ async def delete_namespace(request: Request) -> Response:
     require(principal(request), "write", "namespaces", name)
     directory = gateway(request).directory
     await directory.delete_namespace(name)
-    gateway(request).catalog.forget(name)
     return json_response({"success": True, "name": name})

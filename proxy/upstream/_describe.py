@@ -9,18 +9,19 @@ from proxy.errors import UpstreamRefused
 from proxy.upstream._http1 import ConnectionLost, RequestNotSent
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside `exc` and its nested exception groups."""
     if isinstance(exc, BaseExceptionGroup):
         out: list[BaseException] = []
         for inner in exc.exceptions:
-            out.extend(_leaves(inner))
+            out.extend(leaves(inner))
         return out
     return [exc]
 
 
 def describe_failure(exc: BaseException) -> str:
     """A short, credential-free reason for an upstream failure."""
-    for leaf in _leaves(exc):
+    for leaf in leaves(exc):
         if isinstance(leaf, UpstreamRefused):
             return str(leaf)
         if isinstance(leaf, httpx2.ConnectError | RequestNotSent):
@@ -35,8 +36,19 @@ def describe_failure(exc: BaseException) -> str:
             return f"the upstream server returned an MCP error: {leaf.error.message[:300]}"
         if isinstance(leaf, httpx2.HTTPError | OSError):
             return f"HTTP error talking to the upstream server ({type(leaf).__name__})"
-    leaf = _leaves(exc)[0]
+    leaf = leaves(exc)[0]
     name = type(leaf).__name__
     if name in ("ValidationError", "JSONDecodeError"):
         return "the upstream server sent a response that is not valid MCP"
     return f"the upstream server failed ({name})"
+
+
+def never_sent(exc: BaseException) -> bool:
+    """A refused connection means the request never reached the upstream, so a retry is safe."""
+    return any(isinstance(e, httpx2.ConnectError | RequestNotSent) for e in leaves(exc))
+
+
+def not_mcp(exc: BaseException) -> bool:
+    """The server answered, but not as an MCP server of this transport."""
+    answered = (MCPError, httpx2.HTTPStatusError, httpx2.RemoteProtocolError, httpx2.SSEError)
+    return all(isinstance(e, answered) for e in leaves(exc))

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import logging
 import math
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -37,9 +36,9 @@ from proxy import __version__, wire
 from proxy._sdk import client_closed
 from proxy.errors import JunctionError, UpstreamError, UpstreamRefused, UpstreamTimeout, UpstreamUnavailable
 from proxy.redact import Redactor
-from proxy.upstream._describe import describe_failure
-from proxy.upstream._http1 import Http1Pool, RequestNotSent
-from proxy.upstream._pinned import pinned_transport
+from proxy.upstream._clients import WireState, sse_http_client, streamable_http_client_for, tls_context
+from proxy.upstream._describe import describe_failure, leaves, never_sent, not_mcp
+from proxy.upstream._http1 import Http1Pool
 from proxy.upstream.credentials import Credentials, CredentialsAuth, StaticCredentials
 from proxy.upstream.fastlane import (
     FastLane,
@@ -83,58 +82,9 @@ class _Live:
     closed: anyio.Event
     done: anyio.Event
     transport: str
-    wire_state: _WireState
+    wire_state: WireState
     error: BaseException | None = None
     fastlane: FastLane | None = None
-
-
-@dataclass
-class _WireState:
-    """What the SDK path's HTTP client saw: the session id, and whether the upstream forgot it."""
-
-    session_ids: list[str] = field(default_factory=list)
-    session_lost: bool = False
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """One TLS context for every upstream client: building one costs ~20 ms of CPU."""
-    return ssl.create_default_context()
-
-
-def _sse_http_client(
-    headers: dict[str, str] | None = None,
-    timeout: httpx2.Timeout | None = None,
-    auth: httpx2.Auth | None = None,
-    *,
-    allow_private: bool = False,
-    state: _WireState | None = None,
-) -> httpx2.AsyncClient:
-    transport = pinned_transport(allow_private, verify=_tls_context())
-    hooks: dict[str, list[Callable[..., Any]]] = (
-        {"response": [functools.partial(_watch_sse_session, state)]} if state is not None else {}
-    )
-    return httpx2.AsyncClient(
-        transport=transport, headers=headers, timeout=timeout, auth=auth, event_hooks=hooks
-    )
-
-
-async def _watch_sse_session(state: _WireState, response: httpx2.Response) -> None:
-    """HTTP+SSE transport: a POST to the session's message URL that the upstream answers 404 (or
-    400 about the session) means it forgot the session (a restart); the message was not handled."""
-    status = response.status_code
-    if response.request.method != "POST" or status not in (400, 404):
-        return
-    if status == 400:
-        with contextlib.suppress(httpx2.HTTPError):
-            if b"session" not in (await response.aread()).lower():
-                return
-    state.session_lost = True
-
-
-def _never_sent(exc: BaseException) -> bool:
-    """A refused connection means the request never reached the upstream, so a retry is safe."""
-    return any(isinstance(e, httpx2.ConnectError | RequestNotSent) for e in _leaves(exc))
 
 
 class UpstreamSession:
@@ -204,7 +154,7 @@ class UpstreamSession:
                 raise
             except Exception as exc:
                 message = describe_failure(exc)
-                await self._failed(message, unreachable=_never_sent(exc))
+                await self._failed(message, unreachable=never_sent(exc))
                 if isinstance(exc, TimeoutError):
                     raise UpstreamTimeout(
                         f"connecting to the upstream timed out after {self.config.connect_timeout:g} s"
@@ -312,55 +262,28 @@ class UpstreamSession:
                 live = await self._pool.task_group.start(self._run, kind)
             except Exception as exc:  # try the next transport, report the first failure
                 errors.append(exc)
-                leaves = _leaves(exc)
-                refused = [e for e in leaves if isinstance(e, UpstreamRefused)]
+                found = leaves(exc)
+                refused = [e for e in found if isinstance(e, UpstreamRefused)]
                 if refused:
                     raise refused[0] from exc
-                if any(isinstance(e, httpx2.ConnectError | httpx2.TimeoutException) for e in leaves):
+                if any(isinstance(e, httpx2.ConnectError | httpx2.TimeoutException) for e in found):
                     break
                 continue
             self._transport_hint = kind
             return live
-        if len(errors) > 1 and all(_not_mcp(e) for e in errors):
+        if len(errors) > 1 and all(not_mcp(e) for e in errors):
             raise UpstreamUnavailable(
                 "the server at mcpUrl does not speak MCP over Streamable HTTP or HTTP+SSE "
                 f"({describe_failure(errors[0])}); check the URL"
             )
         raise errors[0]
 
-    def _http_client(self, state: _WireState) -> httpx2.AsyncClient:
-        c = self.config
-
-        async def watch_session(response: httpx2.Response) -> None:
-            session_id = response.headers.get("mcp-session-id")
-            if session_id:
-                state.session_ids.append(session_id)
-            status = response.status_code
-            if status in (400, 404) and "mcp-session-id" in response.request.headers:
-                message: wire.Message | None = None
-                if status == 400 and response.headers.get("content-type", "").startswith("application/json"):
-                    # Read now (httpx keeps the bytes for the SDK) to see what the error is about.
-                    with contextlib.suppress(wire.WireError, httpx2.HTTPError):
-                        message = wire.decode(await response.aread())
-                if wire.session_expired(status, message):
-                    state.session_lost = True
-
-        limits = httpx2.Limits(max_connections=self._pool.max_connections, max_keepalive_connections=64)
-        return httpx2.AsyncClient(
-            # Every socket goes to an address the SSRF policy checked (no second DNS lookup).
-            transport=pinned_transport(self._pool.allow_private, verify=_tls_context(), limits=limits),
-            auth=CredentialsAuth(self.credentials),
-            timeout=httpx2.Timeout(c.connect_timeout, read=max(c.call_timeout, c.list_timeout) + 5),
-            follow_redirects=False,
-            event_hooks={"response": [watch_session]},
-        )
-
     async def _run(self, kind: str, *, task_status: TaskStatus[_Live]) -> None:
         closed, done = anyio.Event(), anyio.Event()
         started = False
         live: _Live | None = None
         http: httpx2.AsyncClient | None = None
-        state = _WireState()
+        state = WireState()
         try:
             async with AsyncExitStack() as stack:
                 if kind == "sse":
@@ -371,13 +294,21 @@ class UpstreamSession:
                         timeout=c.connect_timeout,
                         sse_read_timeout=max(c.call_timeout, 300.0) + 5,
                         httpx_client_factory=functools.partial(
-                            _sse_http_client, allow_private=self._pool.allow_private, state=state
+                            sse_http_client, allow_private=self._pool.allow_private, state=state
                         ),
                         auth=auth,
                     )
                     mode = "legacy"
                 else:
-                    http = await stack.enter_async_context(self._http_client(state))
+                    http = await stack.enter_async_context(
+                        streamable_http_client_for(
+                            self.config,
+                            CredentialsAuth(self.credentials),
+                            state,
+                            allow_private=self._pool.allow_private,
+                            max_connections=self._pool.max_connections,
+                        )
+                    )
                     transport = streamable_http_client(self.config.url, http_client=http)
                     mode = "auto"
                 client = Client(
@@ -401,7 +332,7 @@ class UpstreamSession:
                         self.config.url,
                         {},
                         self.config.connect_timeout,
-                        _tls_context(),
+                        tls_context(),
                         allow_private=self._pool.allow_private,
                         max_connections=self._pool.max_connections,
                     )
@@ -525,12 +456,12 @@ class UpstreamSession:
                 if live is not None and not live.done.is_set():
                     raise  # the session is alive: this was the upstream's own -32000 error
                 self._forget(client)
-                if attempt == 1 and ended is not None and _never_sent(ended):
+                if attempt == 1 and ended is not None and never_sent(ended):
                     continue
                 message = (
                     describe_failure(ended) if ended is not None else "the upstream closed the connection"
                 )
-                await self._failed(message, unreachable=ended is not None and _never_sent(ended))
+                await self._failed(message, unreachable=ended is not None and never_sent(ended))
                 raise UpstreamUnavailable(message) from exc
             except Unauthorized as exc:
                 log.warning("upstream %s/%s refused the gateway's credentials", *self.key)
@@ -541,9 +472,9 @@ class UpstreamSession:
                 raise
             except (OSError, httpx2.HTTPError, ConnectionError) as exc:
                 self._forget(client)
-                if attempt == 1 and _never_sent(exc):
+                if attempt == 1 and never_sent(exc):
                     continue
-                await self._failed(describe_failure(exc), unreachable=_never_sent(exc))
+                await self._failed(describe_failure(exc), unreachable=never_sent(exc))
                 raise UpstreamUnavailable(describe_failure(exc)) from exc
             except wire.WireError as exc:
                 log.warning("upstream %s/%s broke the protocol: %s", *self.key, exc.message)
@@ -667,21 +598,6 @@ class UpstreamSession:
             return await client.session.send_request(request, result_type)
 
         return await self._with_retry(send, self.config.list_timeout, method)
-
-
-def _not_mcp(exc: BaseException) -> bool:
-    """The server answered, but not as an MCP server of this transport."""
-    answered = (MCPError, httpx2.HTTPStatusError, httpx2.RemoteProtocolError, httpx2.SSEError)
-    return all(isinstance(e, answered) for e in _leaves(exc))
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        out: list[BaseException] = []
-        for inner in exc.exceptions:
-            out.extend(_leaves(inner))
-        return out
-    return [exc]
 
 
 class ConnectionPool:
