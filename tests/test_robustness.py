@@ -465,3 +465,44 @@ def test_legacy_sessions_are_capped(start_gateway: Callable[..., Gateway], moder
         )
         assert third.status_code == 503 and "error" in third.json(), third.text
         assert client.post(f"/{ns}/m/.tools/echo", json={"text": "still"}).status_code == 200
+
+
+def test_the_namespace_endpoint_advertises_only_tools(
+    gateway: Gateway, everything_upstream: Upstream
+) -> None:
+    with gateway.client(timeout=30) as client:
+        ns = new_namespace(client)
+        put(client, ns, "ev", everything_upstream.url)  # an upstream with resources, prompts, subscribe
+        init = client.post(
+            f"/mcp/{ns}",
+            headers={"accept": "application/json, text/event-stream"},
+            json={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "x", "version": "1"},
+                },
+            },
+        )
+        result = (
+            sse_messages(init.text)[0]["result"] if init.text.startswith("event") else init.json()["result"]
+        )
+        assert result["capabilities"] == {"tools": {"listChanged": False}}
+        assert not {"resultType", "ttlMs", "cacheScope"} & set(result)
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": MODERN,
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
+        discover = client.post(
+            f"/mcp/{ns}",
+            headers={
+                "accept": "application/json, text/event-stream",
+                "mcp-protocol-version": MODERN,
+                "mcp-method": "server/discover",
+            },
+            json={"jsonrpc": "2.0", "id": 2, "method": "server/discover", "params": {"_meta": meta}},
+        ).json()["result"]
+        assert discover["capabilities"] == {"tools": {"listChanged": False}}
