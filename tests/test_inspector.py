@@ -58,8 +58,8 @@ def test_inspector_lists_prefixed_tools_and_calls_them(
 
     listing = _run(inspector, gateway, url, *auth, "--method", "tools/list", "--format", "json").ok()
     names = {tool["name"] for tool in _json(listing)["result"]["tools"]}
-    assert {"echo.echo", "echo.add", "gh.repo.search", "gh.issues.create"} <= names, names
-    assert all(name.startswith(("echo.", "gh.")) for name in names)
+    assert {"echo__echo", "echo__add", "gh__repo_search", "gh__issues_create"} <= names, names
+    assert all(name.startswith(("echo__", "gh__")) for name in names)
 
     called = _run(
         inspector,
@@ -69,7 +69,7 @@ def test_inspector_lists_prefixed_tools_and_calls_them(
         "--method",
         "tools/call",
         "--tool-name",
-        "gh.repo.search",
+        "gh__repo_search",  # the Inspector calls only names it was given by tools/list
         "--tool-arg",
         "query=junction",
         "--format",

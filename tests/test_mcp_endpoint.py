@@ -70,8 +70,8 @@ def test_namespace_endpoint_prefixes_and_routes(
     )
     assert protocol == version
     names = {t.name for t in tools}
-    assert {"echo.echo", "echo.add", "gh.repo.search", "gh.issues.create", "gh.repo_search"} <= names
-    assert all(n.startswith(("echo.", "gh.")) for n in names)
+    assert {"echo__echo", "echo__add", "gh__repo_search", "gh__issues_create"} <= names  # safe by default
+    assert all(n.startswith(("echo__", "gh__")) and SAFE_NAME_RE.match(n) for n in names)
     assert echoed.content[0].text == "hello" and not echoed.is_error
     assert searched.content[0].text == "search:q"
     assert added.structured_content == {"sum": 3}
@@ -145,8 +145,8 @@ def test_a_slow_or_dead_upstream_costs_only_its_own_tools(gateway, start_upstrea
         return time.monotonic() - started, {t.name for t in tools}
 
     elapsed, names = run(gateway.mcp_url("mixed"), gateway.admin_key, "legacy", body)
-    assert "fast.echo" in names
-    assert not any(n.startswith(("slow.", "dead.")) for n in names)
+    assert "fast__echo" in names
+    assert not any(n.startswith(("slow__", "dead__")) for n in names)
     assert elapsed < 2.5
 
 
@@ -157,7 +157,7 @@ def test_upstream_pages_are_walked_into_one_page(gateway, paged_upstream) -> Non
         return await client.list_tools()
 
     result = run(gateway.mcp_url("paged"), gateway.admin_key, "legacy", body)
-    assert len([t for t in result.tools if t.name.startswith("p.t")]) == 25
+    assert len([t for t in result.tools if t.name.startswith("p__t")]) == 25
     assert result.next_cursor is None
 
 
@@ -361,12 +361,12 @@ def test_a_slow_listing_finishes_in_the_background(start_gateway, start_upstream
         return time.monotonic() - started, {t.name for t in tools}
 
     elapsed, first = run(gateway.mcp_url("late"), gateway.admin_key, "legacy", names)
-    assert "fast.echo" in first and "slow.echo" not in first and elapsed < 1.4
+    assert "fast__echo" in first and "slow__echo" not in first and elapsed < 1.4
     deadline = time.monotonic() + 15
     later: set[str] = set()
-    while "slow.echo" not in later and time.monotonic() < deadline:
+    while "slow__echo" not in later and time.monotonic() < deadline:
         later = run(gateway.mcp_url("late"), gateway.admin_key, "legacy", names)[1]
-    assert {"fast.echo", "slow.echo"} <= later
+    assert {"fast__echo", "slow__echo"} <= later
 
 
 def test_other_methods_pass_through_without_harming_the_session(gateway, modern_upstream) -> None:  # type: ignore[no-untyped-def]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from proxy.gateway.names import SAFE_NAME_RE, NameMap, choose_style, safe_names
+import pytest
+
+from proxy.errors import Conflict
+from proxy.gateway.names import SAFE_NAME_RE, NameMap, choose_style, find_tool, safe_names, tools_under
 
 
 def test_safe_names_match_the_strict_client_pattern_and_are_unique() -> None:
@@ -35,11 +38,36 @@ def test_name_map_resolves_both_forms() -> None:
     assert name_map.resolve("gh.nothing") is None
 
 
-def test_style_choice_order() -> None:
-    assert choose_style(None, "auto", "auto", "claude-ai") == "safe"
-    assert choose_style(None, "auto", "auto", "Visual Studio Code") == "safe"
-    assert choose_style(None, "auto", "auto", "mcp-inspector") == "dotted"
-    assert choose_style(None, "auto", "auto", None) == "dotted"
-    assert choose_style("dotted", "safe", "auto", "claude-ai") == "dotted"
-    assert choose_style(None, "safe", "dotted", "inspector") == "safe"
-    assert choose_style(None, "auto", "safe", "inspector") == "safe"
+def test_safe_names_are_the_default_for_every_client() -> None:
+    # "auto" (the stored default of a namespace and of the gateway setting) means "no choice here".
+    for client in ("claude-ai", "mcp-inspector", "python-sdk", "my-agent", None):
+        assert choose_style(None, "auto", "auto", client) == "safe"
+    assert choose_style(None, "auto", "auto") == "safe"
+    assert choose_style("bogus", "auto", "auto") == "safe"  # an unknown ?tool_names= is ignored
+
+
+def test_dotted_names_when_the_request_namespace_or_gateway_asks() -> None:
+    assert choose_style("dotted", "safe", "safe") == "dotted"  # the request wins
+    assert choose_style(None, "dotted", "safe") == "dotted"  # then the namespace
+    assert choose_style(None, "auto", "dotted") == "dotted"  # then the gateway setting
+    assert choose_style("safe", "dotted", "dotted") == "safe"
+    assert choose_style(None, "safe", "dotted") == "safe"
+
+
+def test_tool_paths_find_the_exact_name_first_then_slashes_and_dots_alike() -> None:
+    names = ["repo.search", "files/read", "a.b", "a/b", "plain"]
+    assert find_tool(names, "repo.search") == "repo.search"
+    assert find_tool(names, "repo/search") == "repo.search"  # how the Smithery clients send it
+    assert find_tool(names, "files/read") == "files/read"
+    assert find_tool(names, "files.read") == "files/read"
+    assert find_tool(names, "a.b") == "a.b" and find_tool(names, "a/b") == "a/b"  # exact wins
+    assert find_tool(names, "plain") == "plain"
+    assert find_tool(names, "repo") is None and find_tool(names, "repo_search") is None
+    assert tools_under(["repo.search", "repo/get", "repos.x", "repo"], "repo") == ["repo.search", "repo/get"]
+    assert tools_under(names, "files") == ["files/read"]
+
+
+def test_a_tool_path_matching_several_tools_only_by_equivalence_is_a_conflict() -> None:
+    with pytest.raises(Conflict, match=r"several tools \('a\.b/c', 'a/b\.c'\); give the exact name"):
+        find_tool(["a/b.c", "a.b/c"], "a/b/c")
+    assert find_tool(["a/b.c", "a.b/c"], "a.b/c") == "a.b/c"

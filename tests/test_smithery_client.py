@@ -16,6 +16,8 @@ from urllib.parse import quote
 import pytest
 from _node import PACKAGES, Node, Run, ensure_node, installed_version
 
+from proxy.gateway.names import safe_names
+
 pytestmark = pytest.mark.timeout(420)  # the first run installs the npm packages
 
 # The tool sets of the shared upstreams (tests/upstreams/server.py), sorted.
@@ -161,11 +163,14 @@ def test_smithery_sdk_manages_connections_and_calls_tools(
     handshake = [r for r in run.requests if r["path"] == f"/connect/{ns}/sdk-mcp-created/mcp"]
     assert handshake and all(r["status"] in (200, 202, 405) for r in handshake), story
 
-    # The namespace endpoint bundles every connection as <connectionId>.<tool>.
+    # The namespace endpoint bundles every connection, under LLM-safe names by default
+    # (<connectionId>__<tool>); the dotted names the script calls still work.
     bundle = out["namespaceMcp"]
     assert bundle["tools"] == sorted(
-        [f"{modern_id}.{t}" for t in MODERN_TOOLS]
-        + [f"{cid}.{t}" for cid in ("sdk-dotted", "sdk-mcp-created") for t in DOTTED_TOOLS]
+        safe_names(
+            [(modern_id, t) for t in MODERN_TOOLS]
+            + [(cid, t) for cid in ("sdk-dotted", "sdk-mcp-created") for t in DOTTED_TOOLS]
+        ).values()
     )
     assert _text(bundle["calls"][f"{modern_id}.echo"]) == "via the namespace"
     assert _text(bundle["calls"]["sdk-dotted.repo.search"]) == "search:via the namespace"

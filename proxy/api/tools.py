@@ -13,6 +13,7 @@ from proxy.api._http import gateway, json_response, principal, read_json_object
 from proxy.api.connections import connection_json
 from proxy.auth.policy import require
 from proxy.errors import NotFound, ToolError
+from proxy.gateway.names import find_tool, tools_under
 from proxy.store import ConnectionRecord
 
 
@@ -42,8 +43,9 @@ def _tool_path(request: Request) -> str:
 
 
 def _find(tools: list[types.Tool], path: str) -> types.Tool | None:
-    by_name = {t.name: t for t in tools}
-    return by_name.get(path) or by_name.get(path.replace("/", "."))
+    """The rule the CLI relies on too: exact name, then `/` and `.` as one separator (`find_tool`)."""
+    name = find_tool((t.name for t in tools), path)
+    return next(t for t in tools if t.name == name) if name is not None else None
 
 
 async def list_tools(request: Request) -> Response:
@@ -58,13 +60,10 @@ async def get_tool(request: Request) -> Response:
     tool = _find(tools, path)
     if tool is not None:
         return json_response(_dump(tool))
-    prefix = path.replace("/", ".") + "."
-    group = [t for t in tools if t.name.startswith(prefix)]
+    group = set(tools_under((t.name for t in tools), path))
     if not group:
-        raise NotFound(
-            f"no tool {path.replace('/', '.')!r} (and no tools under it) on connection {record.connection_id!r}"
-        )
-    return json_response({"tools": [_dump(t) for t in group]})
+        raise NotFound(f"no tool {path!r} (and no tools under it) on connection {record.connection_id!r}")
+    return json_response({"tools": [_dump(t) for t in tools if t.name in group]})
 
 
 async def call_tool(request: Request) -> Response:
@@ -77,7 +76,7 @@ async def call_tool(request: Request) -> Response:
     if tool is None:
         tool = _find(await session.list_tools(), path)
     if tool is None:
-        raise NotFound(f"no tool {path.replace('/', '.')!r} on connection {record.connection_id!r}")
+        raise NotFound(f"no tool {path!r} on connection {record.connection_id!r}")
     try:
         result = await session.call_tool(tool.name, arguments)
     except MCPError as exc:

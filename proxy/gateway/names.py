@@ -1,9 +1,14 @@
-"""Exposed tool names <-> (connection id, upstream tool name).
+"""Exposed tool names <-> (connection id, upstream tool name), and tool paths -> tool names.
 
-Canonical names are `<connectionId>.<tool>`. Strict clients (Claude, OpenAI, Copilot) reject any
-list with a name outside `^[a-zA-Z0-9_-]{1,64}$`, so they get a safe form: `<connectionId>__<tool>`
-with other characters mapped to `_`, shortened with a stable hash when too long, and
-de-duplicated deterministically. Calls are resolved through the map, never by parsing.
+Canonical names are `<connectionId>.<tool>`. LLM APIs (Anthropic, OpenAI, Gemini) reject a whole
+tool list when one name falls outside `^[a-zA-Z0-9_-]{1,64}$`, and most clients pass MCP names
+straight through while calling themselves something generic, so the namespace endpoint emits the
+safe form unless asked for dotted names: `<connectionId>__<tool>` with other characters mapped to
+`_`, shortened with a stable hash when too long, and de-duplicated deterministically. Calls are
+resolved through the map, never by parsing.
+
+REST paths (`/{ns}/{id}/.tools/files/read`) and the CLI name a tool of one connection; `find_tool`
+is the one rule both go by: the exact name first, then `/` and `.` as the same separator.
 """
 
 from __future__ import annotations
@@ -13,14 +18,13 @@ import re
 from collections.abc import Iterable
 from typing import Literal
 
+from proxy.errors import Conflict
+
 NameStyle = Literal["dotted", "safe"]
 SAFE_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 MAX_SAFE = 64
 SEPARATOR = "__"
-
-# Substrings of clientInfo.name (lowercased) of clients known to reject dotted names.
-STRICT_CLIENTS = ("claude", "openai", "chatgpt", "codex", "copilot", "visual studio code", "vscode")
 
 Ref = tuple[str, str]  # (connection id, upstream tool name)
 
@@ -62,16 +66,51 @@ def safe_names(refs: Iterable[Ref]) -> dict[Ref, str]:
 
 
 def choose_style(
-    requested: str | None, namespace_style: str, default_style: str, client_name: str | None
+    requested: str | None, namespace_style: str, default_style: str, client_name: str | None = None
 ) -> NameStyle:
-    """Per request > per namespace > gateway setting > detected from the client > dotted."""
+    """The request's `?tool_names=`, else the namespace's, else the gateway's setting, else safe.
+
+    `auto` (the stored default of namespaces and of the gateway setting) means "no choice here":
+    a namespace set to `auto` follows the gateway, and a gateway set to `auto` gives safe names.
+    Safe is the default for every client because a client's name does not tell which model reads
+    the list: most clients pass names straight through while calling themselves something generic.
+    `client_name` is accepted from callers written when it decided; it no longer changes the answer.
+    """
     for choice in (requested, namespace_style, default_style):
         if choice in ("dotted", "safe"):
             return choice  # type: ignore[return-value]
-    name = (client_name or "").lower()
-    if any(marker in name for marker in STRICT_CLIENTS):
-        return "safe"
-    return "dotted"
+    return "safe"
+
+
+def tool_path_key(name: str) -> str:
+    """The form in which `/` and `.` are the same separator: `files/read` -> `files.read`."""
+    return name.replace("/", ".")
+
+
+def find_tool(names: Iterable[str], path: str) -> str | None:
+    """The tool that `path` names: the exact name, else the one name equal to it when `/` and `.`
+    are taken as the same separator; None when no tool matches.
+
+    So `repo/search` (how the Smithery clients send `repo.search`) and `files.read` (for a tool
+    named `files/read`) both find their tool, and a name that is exact always wins. When several
+    tools match only by the equivalence (`a.b/c` and `a/b.c` for `a/b/c`) it raises `Conflict`
+    naming them, rather than picking one.
+    """
+    names = list(names)
+    if path in names:
+        return path
+    key = tool_path_key(path)
+    matches = sorted({name for name in names if tool_path_key(name) == key})
+    if len(matches) > 1:
+        candidates = ", ".join(repr(name) for name in matches)
+        raise Conflict(f"tool path {path!r} matches several tools ({candidates}); give the exact name")
+    return matches[0] if matches else None
+
+
+def tools_under(names: Iterable[str], path: str) -> list[str]:
+    """The tools in the group `path` names (`repo` -> `repo.search`, `repo/get`, ...), in order."""
+    prefix = tool_path_key(path) + "."
+    return [name for name in names if tool_path_key(name).startswith(prefix)]
 
 
 class NameMap:
