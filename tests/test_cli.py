@@ -69,8 +69,13 @@ def _base_env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def offline(tmp_path: Path) -> Cli:
-    """A CLI pointed at a port where nothing listens."""
-    return Cli(tmp_path / "cfg", {**_base_env(tmp_path), "JUNCTION_URL": f"http://127.0.0.1:{free_port()}"})
+    """A CLI pointed at a port where nothing listens (and that does not wait for a gateway to start)."""
+    env = {
+        **_base_env(tmp_path),
+        "JUNCTION_URL": f"http://127.0.0.1:{free_port()}",
+        "JUNCTION_CONNECT_WAIT": "0",
+    }
+    return Cli(tmp_path / "cfg", env)
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +227,9 @@ def test_namespaces_and_connections(cli: Cli, gateway: Gateway, modern_upstream:
     assert "status:   connected" in generated and f"url:      {modern_upstream.url}" in generated
     generated_id = generated.split()[1]
     down_url = f"http://127.0.0.1:{free_port()}/mcp"
-    down = cli("mcp", "add", down_url, "--id", "down", "--metadata", '{"userId": "u3"}').stdout
-    assert "status:   error: " in down  # the state and why
+    down = cli("mcp", "add", down_url, "--id", "down", "--metadata", '{"userId": "u3"}', check=False)
+    assert "status:   error: " in down.stdout  # the state and why, and a failed exit
+    assert one_line_error(down).startswith("error: connection down is saved but cannot connect: ")
 
     listing = cli("mcp", "list").stdout.splitlines()
     assert listing[0].split() == ["ID", "NAME", "STATUS", "URL"] and len(listing) == 4
@@ -246,7 +252,7 @@ def test_namespaces_and_connections(cli: Cli, gateway: Gateway, modern_upstream:
     assert "not found" in missing and "404" in missing
     assert "cli-secret" not in "".join(cli.transcript)
 
-    cli("namespace", "delete", "cli-other")
+    cli("namespace", "delete", "cli-other", "--yes")
     assert "cli-other" not in [n["name"] for n in cli.json("namespace", "list")["namespaces"]]
 
 

@@ -34,10 +34,10 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--host", help="Address to listen on (default 127.0.0.1 or $JUNCTION_HOST).")
-@click.option("--port", type=int, help="Port (default 8080 or $JUNCTION_PORT).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port, 1-65535 (default 8080 or $JUNCTION_PORT).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="A config.toml file.")
 def serve(host: str | None, port: int | None, config_file: str | None) -> None:
-    """Run the gateway (blocking)."""
+    """Run the gateway (blocking); it says "listening" once it accepts connections."""
     from proxy.app import run  # the server stack is only imported by the command that needs it
     from proxy.errors import ConfigError
     from proxy.settings import Settings
@@ -46,6 +46,8 @@ def serve(host: str | None, port: int | None, config_file: str | None) -> None:
         settings = Settings.load(config_file=config_file, host=host, port=port)
     except ConfigError as exc:
         raise CliError(exc.message) from exc
+    if not 1 <= settings.port <= 65535:  # from $JUNCTION_PORT or the config file
+        raise CliError(f"the port must be between 1 and 65535, got {settings.port}")
     run(settings)
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from proxy.cli._config import api_key, gateway_url
+from proxy.cli._config import api_key, connect_wait, gateway_url
 from proxy.cli._errors import ApiError, CliError
 
 TIMEOUT = 30.0
 CALL_TIMEOUT = 620.0  # tool calls may legitimately run for minutes
 CONNECT_TIMEOUT = 10.0
+RETRY_INTERVAL = 0.2
 
 
 def segment(value: str) -> str:
@@ -20,8 +22,24 @@ def segment(value: str) -> str:
 
 
 def tool_path(name: str) -> str:
-    """`repo.search` -> `repo/search`, each part URL-encoded (the Smithery CLI's form)."""
-    return "/".join(segment(part) for part in name.split("."))
+    """A tool name as one path segment (`files/read` -> `files%2Fread`, `.` kept as it is).
+
+    The gateway resolves it by the same rule as any REST path (`find_tool`): the exact name first,
+    then `/` and `.` as one separator, so `repo/search` and `repo.search` both work, and the
+    CLI never turns one tool's name into another's (`a.b` into `a/b` when both exist).
+    """
+    encoded = segment(name)
+    return encoded.replace(".", "%2E") if set(encoded) == {"."} else encoded  # `.`/`..` are dot-segments
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether nothing listens at the address (yet): the one connect failure worth retrying."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass(frozen=True)
@@ -51,21 +69,31 @@ class Api:
         """Send one request and return the decoded JSON body of a 2xx answer."""
         import httpx2  # imported here so `--help` and usage errors stay fast
 
-        try:
-            response = httpx2.request(
-                method,
-                self.url + path,
-                json=json_body,
-                params=params,
-                headers={"Authorization": f"Bearer {self.key}", "Accept": "application/json"},
-                timeout=httpx2.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
-            )
-        except httpx2.ConnectError as exc:
-            raise CliError(f"cannot reach the gateway at {self.url}; is `junction serve` running?") from exc
-        except httpx2.TimeoutException as exc:
-            raise CliError(f"the gateway at {self.url} did not answer within {timeout:g} s") from exc
-        except httpx2.HTTPError as exc:
-            raise CliError(f"request to {self.url} failed: {exc or type(exc).__name__}") from exc
+        deadline = time.monotonic() + connect_wait()
+        while True:
+            try:
+                response = httpx2.request(
+                    method,
+                    self.url + path,
+                    json=json_body,
+                    params=params,
+                    headers={"Authorization": f"Bearer {self.key}", "Accept": "application/json"},
+                    timeout=httpx2.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
+                )
+                break
+            except httpx2.ConnectError as exc:
+                # A refused connection is retried for a few seconds: `junction serve &` followed at
+                # once by a command must not fail because the socket is not bound yet.
+                if _refused(exc) and time.monotonic() + RETRY_INTERVAL < deadline:
+                    time.sleep(RETRY_INTERVAL)
+                    continue
+                raise CliError(
+                    f"cannot reach the gateway at {self.url}; is `junction serve` running?"
+                ) from exc
+            except httpx2.TimeoutException as exc:
+                raise CliError(f"the gateway at {self.url} did not answer within {timeout:g} s") from exc
+            except httpx2.HTTPError as exc:
+                raise CliError(f"request to {self.url} failed: {exc or type(exc).__name__}") from exc
         try:
             body = response.json() if response.content else {}
         except ValueError:

@@ -11,6 +11,7 @@ from proxy.cli._errors import CliError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 CONFIG_FILE = "config.json"
+DEFAULT_CONNECT_WAIT = 5.0
 
 
 def config_dir() -> Path:
@@ -62,6 +63,20 @@ def gateway_url(explicit: str | None = None) -> str:
     if not str(url).startswith(("http://", "https://")):
         raise CliError(f"the gateway URL must start with http:// or https://, got {url!r}")
     return str(url).rstrip("/")
+
+
+def connect_wait() -> float:
+    """Seconds to keep retrying a refused connection (a gateway still starting): $JUNCTION_CONNECT_WAIT."""
+    value = os.environ.get("JUNCTION_CONNECT_WAIT")
+    if value is None or value == "":
+        return DEFAULT_CONNECT_WAIT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 3600:
+        raise CliError(f"JUNCTION_CONNECT_WAIT must be a number of seconds (0-3600), got {value!r}")
+    return seconds
 
 
 def api_key() -> str:

@@ -15,5 +15,6 @@ class ApiError(CliError):
     def __init__(self, message: str, status: int, code: str | None = None) -> None:
         detail = f"{status} {code}" if code else f"HTTP {status}"
         super().__init__(f"{message} ({detail})")
+        self.reason = message
         self.status = status
         self.code = code

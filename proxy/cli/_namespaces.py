@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -14,6 +15,15 @@ from proxy.cli._output import emit_json, table
 
 PAGE_SIZE = 50
 MAX_PAGES = 10_000  # a guard against a gateway that never returns an empty page
+TOOL_NAME_STYLES = ("safe", "dotted", "auto")
+
+tool_names_option = click.option(
+    "--tool-names",
+    type=click.Choice(TOOL_NAME_STYLES),
+    help="Tool names on the namespace's MCP endpoint: safe (<connection>__<tool>, accepted by every "
+    "LLM API), dotted (<connection>.<tool>), or auto (the gateway's tool_names setting, safe unless "
+    "changed). A request's ?tool_names= overrides it.",
+)
 
 
 @click.group()
@@ -42,29 +52,72 @@ def list_namespaces(as_json: bool) -> None:
         return
     current = load_config().get("namespace")
     table(
-        ["name", "created", "current"],
-        [[n["name"], n.get("createdAt"), "*" if n["name"] == current else ""] for n in items],
+        ["name", "tool names", "created", "current"],
+        [
+            [n["name"], n.get("toolNames"), n.get("createdAt"), "*" if n["name"] == current else ""]
+            for n in items
+        ],
     )
 
 
 @namespace.command("create")
 @click.argument("name")
+@tool_names_option
 @json_option
-def create_namespace(name: str, as_json: bool) -> None:
-    """Create a namespace (no error if it exists)."""
-    data = Api.from_env().request("PUT", f"/namespaces/{segment(name)}")
+def create_namespace(name: str, tool_names: str | None, as_json: bool) -> None:
+    """Create a namespace (no error if it exists; --tool-names then updates it)."""
+    body = {"toolNames": tool_names} if tool_names else None
+    data = Api.from_env().request("PUT", f"/namespaces/{segment(name)}", json_body=body)
     if as_json:
         emit_json(data)
     else:
         click.echo(f"Namespace {data.get('name', name)} is ready")
 
 
+@namespace.command("set")
+@click.argument("name")
+@tool_names_option
+@json_option
+def set_namespace(name: str, tool_names: str | None, as_json: bool) -> None:
+    """Change the settings of an existing namespace."""
+    if tool_names is None:
+        raise click.UsageError("nothing to set: give --tool-names")
+    api = Api.from_env()
+    path = f"/namespaces/{segment(name)}"
+    api.get(path)  # PUT would create a namespace that does not exist: a typo must fail instead
+    data = api.request("PUT", path, json_body={"toolNames": tool_names})
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(f"Namespace {name}: tool names {data.get('toolNames', tool_names)}")
+
+
 @namespace.command("delete")
 @click.argument("name")
+@click.option(
+    "--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when stdin is not a terminal)."
+)
 @json_option
-def delete_namespace(name: str, as_json: bool) -> None:
-    """Delete a namespace and all its connections."""
-    data = Api.from_env().request("DELETE", f"/namespaces/{segment(name)}")
+def delete_namespace(name: str, yes: bool, as_json: bool) -> None:
+    """Delete a namespace and all its connections.
+
+    On a terminal it asks first, saying how many connections go with it. Without a terminal
+    (scripts, CI) it refuses unless --yes is given, so a pipeline never deletes by accident.
+    """
+    api = Api.from_env()
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError(
+                f"refusing to delete namespace {name} without confirmation: stdin is not a terminal; "
+                "pass --yes to delete it"
+            )
+        api.get(f"/namespaces/{segment(name)}")  # a missing namespace fails before the question
+        page = api.get(f"/{segment(name)}", {"limit": 100})
+        count = f"{len(page['connections'])}{'+' if page.get('nextCursor') else ''}"
+        noun = "connection" if count == "1" else "connections"
+        if not click.confirm(f"Delete namespace {name} and its {count} {noun}? This cannot be undone."):
+            raise CliError(f"namespace {name} was not deleted")
+    data = api.request("DELETE", f"/namespaces/{segment(name)}")
     stored = load_config()
     if stored.get("namespace") == name:
         del stored["namespace"]

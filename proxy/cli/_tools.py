@@ -40,10 +40,16 @@ def list_tools(connection_id: str, prefix: str | None, namespace: str | None, as
 @namespace_option
 @json_option
 def get_tool(connection_id: str, tool_name: str, namespace: str | None, as_json: bool) -> None:
-    """Show a tool and its input schema."""
+    """Show a tool and its input schema, or list the group TOOL_NAME names (`repo` for `repo.*`).
+
+    TOOL_NAME is resolved by the gateway as in REST paths: the exact name first, then `/` and `.`
+    as the same separator (`files.read` finds a tool named `files/read`).
+    """
     data = Api.from_env().get(f"{tools_path(namespace, connection_id)}/{tool_path(tool_name)}")
     if as_json:
         emit_json(data)
+    elif "name" not in data and isinstance(data.get("tools"), list):
+        table(["name", "description"], [[t["name"], first_line(t.get("description"))] for t in data["tools"]])
     else:
         show_tool(data)
 
@@ -57,7 +63,11 @@ def get_tool(connection_id: str, tool_name: str, namespace: str | None, as_json:
 def call_tool(
     connection_id: str, tool_name: str, args_json: str | None, namespace: str | None, as_json: bool
 ) -> None:
-    """Call a tool with ARGS_JSON (a JSON object, default {}); exit 1 if the tool reports an error."""
+    """Call a tool with ARGS_JSON (a JSON object, default {}); exit 1 if the tool reports an error.
+
+    ARGS_JSON may also be @FILE (read from a file) or - (read from stdin). TOOL_NAME is resolved
+    as by `tool get`.
+    """
     arguments = json_object(args_json, "ARGS_JSON") or {}
     path = f"{tools_path(namespace, connection_id)}/{tool_path(tool_name)}"
     result = Api.from_env().request("POST", path, json_body=arguments, timeout=CALL_TIMEOUT)
