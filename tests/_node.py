@@ -1,9 +1,9 @@
-"""Node.js and Smithery's own npm clients, for tests that drive the gateway with them.
+"""Node.js with Smithery's own npm clients and third-party MCP servers, for tests that use them.
 
 The packages are pinned exactly and installed once into the git-ignored ``tests/.node/``; later runs
-reuse them (an exclusive file lock makes parallel first runs safe). Without ``node``/``npm`` or
-without registry access the tests that need them are skipped; set ``JUNCTION_REQUIRE_NODE=1`` to
-make that a failure instead (e.g. in CI, so a broken install can't pass as a skip).
+reuse them (an exclusive file lock makes parallel first runs safe). Without ``node``/``npm``, with a
+Node.js that is too old, or when the install fails (no registry access), the tests that need them
+fail with the reason: a skipped test would pass in CI while testing nothing.
 
 Every client runs under ``tests/js/fence.mjs``, which refuses requests to any origin but the gateway
 and logs each request, so a test can assert on what went over the wire.
@@ -34,6 +34,14 @@ PACKAGES: dict[str, str] = {
     # An optional peer dependency of @smithery/api, needed by `@smithery/api/mcp`.
     "@modelcontextprotocol/sdk": "1.32.2",
     "smithery": "1.1.1",
+}
+
+# The reference server of the MCP project, written with the TypeScript SDK: a real third-party upstream
+# (`node <bin> streamableHttp|sse`, port from $PORT). Its SDK dependency is held at PACKAGES' pin, so
+# the shared prefix has one copy of it.
+EVERYTHING_PACKAGES: dict[str, str] = {
+    "@modelcontextprotocol/server-everything": "2026.8.31",
+    "@modelcontextprotocol/sdk": PACKAGES["@modelcontextprotocol/sdk"],
 }
 
 # The MCP Inspector's CLI needs Node >= 22.19; the npm registry ships Node itself as a package, so
@@ -112,9 +120,13 @@ class Node:
         self, package: str, command: str, *args: str, env: Mapping[str, str], timeout: float = 60.0
     ) -> Run:
         """Run the executable ``command`` of an installed ``package`` under the fence."""
+        return self._run([str(self.bin_path(package, command)), *args], env, timeout)
+
+    def bin_path(self, package: str, command: str) -> Path:
+        """The script behind the executable ``command`` of an installed ``package``."""
         meta = json.loads((self.prefix / "node_modules" / package / "package.json").read_text())
         entry = meta["bin"][command] if isinstance(meta["bin"], dict) else meta["bin"]
-        return self._run([str(self.prefix / "node_modules" / package / entry), *args], env, timeout)
+        return self.prefix / "node_modules" / package / entry
 
     def _run(self, argv: list[str], env: Mapping[str, str], timeout: float) -> Run:
         argv = [self.node, "--import", FENCE.as_uri(), *argv]
@@ -150,9 +162,8 @@ class Node:
 
 
 def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("JUNCTION_REQUIRE_NODE") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    """Fail the calling test: what it needs is missing, so it can't test anything (never a skip)."""
+    pytest.fail(reason, pytrace=False)
 
 
 def installed_version(prefix: Path, package: str) -> str | None:
@@ -198,11 +209,11 @@ def _node_version(node: str) -> tuple[int, int] | None:
 def ensure_node(packages: Mapping[str, str] = PACKAGES, prefix: Path = PREFIX) -> Node:
     """Find ``node``/``npm`` and install ``packages`` into ``prefix`` unless already there.
 
-    Skips the calling test when Node.js is missing or too old, or when the install fails.
+    Fails the calling test when Node.js is missing or too old, or when the install fails.
     """
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        _unavailable("node and npm are needed to run Smithery's npm clients; not found on PATH")
+        _unavailable(f"node and npm are needed to run {', '.join(packages)}; not found on PATH")
     version = _node_version(node)
     if version is None or version < MIN_NODE:
         found = "v{}.{}".format(*version) if version else "an unknown version"
@@ -232,6 +243,11 @@ def ensure_node(packages: Mapping[str, str] = PACKAGES, prefix: Path = PREFIX) -
         if not loader.exists() or loader.read_text() != _LOADER:
             loader.write_text(_LOADER)
     return Node(node=node, prefix=prefix)
+
+
+def ensure_everything() -> Node:
+    """``@modelcontextprotocol/server-everything``, installed from the npm registry into ``tests/.node``."""
+    return ensure_node(EVERYTHING_PACKAGES, PREFIX)
 
 
 def ensure_inspector() -> Node:

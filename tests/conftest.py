@@ -6,6 +6,16 @@ Upstreams
     ``sse_upstream``, ``dotted_upstream``, ``slow_upstream`` and ``paged_upstream`` are shared by the
     whole session, so a test that stops or restarts a server must use the factory.
 
+Third-party upstreams
+    ``start_everything(transport)`` runs ``@modelcontextprotocol/server-everything`` (the TypeScript
+    SDK's reference server, pinned in `tests/_node.py`) with ``transport`` ``"streamableHttp"``
+    (endpoint ``/mcp``) or ``"sse"`` (``/sse``); ``start_fastmcp(transport)`` runs
+    `tests/upstreams/fastmcp_server.py` (the `fastmcp` framework) with ``"http"`` (``/mcp``) or
+    ``"sse"``. Both return an `Upstream`: ``url``, ``stop()``, ``start()``, ``restart()`` on the same
+    port. ``everything_upstream``, ``everything_sse_upstream``, ``fastmcp_upstream`` and
+    ``fastmcp_sse_upstream`` are the session's shared ones. server-everything has a ``get-env`` tool
+    that returns its whole environment, so it gets only ``PATH``, ``PORT`` and a scratch ``HOME``.
+
 Gateway
     ``gateway`` is a fresh ``python -m proxy serve`` with its own data directory; ``start_gateway(**env)``
     starts one with extra environment (a value of ``None`` removes the variable). Inherited ``JUNCTION_*``
@@ -28,6 +38,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
@@ -35,6 +46,7 @@ from typing import IO, Any, TypeVar
 
 import httpx2
 import pytest
+from _node import EVERYTHING_PACKAGES, Node, ensure_everything
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 15.0
@@ -106,7 +118,9 @@ class _Process:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
-            preexec_fn=_die_with_parent,
+            # Only for children of the main thread: the kernel signals a child when the *thread*
+            # that forked it ends, and a worker thread (anyio.to_thread) ends long before the test.
+            preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
         )
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
@@ -156,7 +170,8 @@ def _retry_busy_port(owner: Any, start: Callable[[], _T], attempts: int) -> _T:
         try:
             return start()
         except StartupError as exc:
-            error, retry = str(exc), "address already in use" in exc.log.lower()
+            # Python and Node say "address already in use"; server-everything "Port N is already in use".
+            error, retry = str(exc), "already in use" in exc.log.lower()
         if not retry or attempt == attempts - 1:
             pytest.fail(error, pytrace=False)
         owner.port = free_port()
@@ -192,10 +207,13 @@ class Upstream:
             argv += [f"--{key.replace('_', '-')}", str(value)]
         return argv
 
+    def _env(self) -> Mapping[str, str]:
+        return os.environ
+
     def spawn(self) -> Upstream:
         """Start the process without waiting for it; `start` or `launch` then waits."""
         if self._process.proc is None:
-            self._process.spawn(self._argv(), os.environ)
+            self._process.spawn(self._argv(), self._env())
         return self
 
     def _start(self) -> Upstream:
@@ -231,6 +249,76 @@ class Upstream:
 
     def __repr__(self) -> str:
         return f"Upstream(kind={self.kind!r}, url={self.url!r}, running={self.running})"
+
+
+EVERYTHING = "@modelcontextprotocol/server-everything"
+EVERYTHING_TRANSPORTS = {"streamableHttp": "/mcp", "sse": "/sse"}
+FASTMCP_TRANSPORTS = {"http": "/mcp", "sse": "/sse"}
+
+
+class EverythingUpstream(Upstream):
+    """``@modelcontextprotocol/server-everything`` over ``transport`` (``streamableHttp`` or ``sse``)."""
+
+    def __init__(self, node: Node, transport: str, log_dir: Path) -> None:
+        if transport not in EVERYTHING_TRANSPORTS:
+            raise ValueError(f"unknown server-everything transport {transport!r}")
+        self.kind = f"everything-{transport}"
+        self.transport = transport
+        self.opts = {}
+        self.port = free_port()
+        self.node = node
+        serial = next(_SERIAL)
+        self.home = log_dir / f"everything-home-{serial}"  # scratch HOME: nothing of the user's
+        self._process = _Process(f"upstream-{self.kind}-{serial}", log_dir)
+
+    @property
+    def url(self) -> str:
+        return self.base_url + EVERYTHING_TRANSPORTS[self.transport]
+
+    def _argv(self) -> list[str]:
+        return [self.node.node, str(self.node.bin_path(EVERYTHING, "mcp-server-everything")), self.transport]
+
+    def _env(self) -> Mapping[str, str]:
+        # Its `get-env` tool answers with this whole environment: keep secrets out of it.
+        self.home.mkdir(parents=True, exist_ok=True)
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.home),
+            "PORT": str(self.port),
+        }
+
+    def __repr__(self) -> str:
+        version = EVERYTHING_PACKAGES[EVERYTHING]
+        return f"EverythingUpstream({EVERYTHING}@{version}, url={self.url!r}, running={self.running})"
+
+
+class FastMCPUpstream(Upstream):
+    """`tests/upstreams/fastmcp_server.py` over ``transport`` (``http`` or ``sse``)."""
+
+    def __init__(self, transport: str, log_dir: Path) -> None:
+        if transport not in FASTMCP_TRANSPORTS:
+            raise ValueError(f"unknown fastmcp transport {transport!r}")
+        self.kind = f"fastmcp-{transport}"
+        self.transport = transport
+        self.opts = {}
+        self.port = free_port()
+        self._process = _Process(f"upstream-{self.kind}-{next(_SERIAL)}", log_dir)
+
+    @property
+    def url(self) -> str:
+        return self.base_url + FASTMCP_TRANSPORTS[self.transport]
+
+    def _argv(self) -> list[str]:
+        module = "tests.upstreams.fastmcp_server"
+        return [sys.executable, "-m", module, "--port", str(self.port), "--transport", self.transport]
+
+    def _env(self) -> Mapping[str, str]:
+        # A developer's FASTMCP_* settings must not change what the tests see; no update check.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FASTMCP_")}
+        return env | {"FASTMCP_CHECK_FOR_UPDATES": "off", "FASTMCP_SHOW_SERVER_BANNER": "false"}
+
+    def __repr__(self) -> str:
+        return f"FastMCPUpstream(url={self.url!r}, running={self.running})"
 
 
 # --- the gateway --------------------------------------------------------------------------------
@@ -405,6 +493,74 @@ def _shared_fixture(kind: str) -> Any:
 # modern_upstream, legacy_upstream, sse_upstream, dotted_upstream, slow_upstream, paged_upstream
 for _kind in UPSTREAM_KINDS:
     globals()[f"{_kind}_upstream"] = _shared_fixture(_kind)
+
+
+@pytest.fixture
+def start_everything(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Upstream]]:
+    """``start_everything(transport="streamableHttp")``: a private server-everything, stopped at teardown.
+
+    Fails the test (never skips) when Node.js or the pinned package can't be had.
+    """
+    started: list[Upstream] = []
+
+    def start(transport: str = "streamableHttp") -> Upstream:
+        upstream = EverythingUpstream(ensure_everything(), transport, tmp_path / "upstream-logs")
+        started.append(upstream)
+        _track(request, upstream)
+        return upstream.launch()
+
+    yield start
+    for upstream in started:
+        upstream.stop()
+
+
+@pytest.fixture
+def start_fastmcp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Upstream]]:
+    """``start_fastmcp(transport="http")``: a private FastMCP upstream, stopped at teardown."""
+    started: list[Upstream] = []
+
+    def start(transport: str = "http") -> Upstream:
+        upstream = FastMCPUpstream(transport, tmp_path / "upstream-logs")
+        started.append(upstream)
+        _track(request, upstream)
+        return upstream.launch()
+
+    yield start
+    for upstream in started:
+        upstream.stop()
+
+
+def _shared_third_party(name: str, doc: str, make: Callable[[Path], Upstream]) -> Any:
+    @pytest.fixture(scope="session", name=name)
+    def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+        upstream = make(tmp_path_factory.getbasetemp() / "shared-upstream-logs")
+        yield upstream.launch()
+        upstream.stop()
+
+    shared.__doc__ = doc
+    return shared
+
+
+everything_upstream = _shared_third_party(
+    "everything_upstream",
+    "The session's shared server-everything over Streamable HTTP (``/mcp``).",
+    lambda logs: EverythingUpstream(ensure_everything(), "streamableHttp", logs),
+)
+everything_sse_upstream = _shared_third_party(
+    "everything_sse_upstream",
+    "The session's shared server-everything over HTTP+SSE (``/sse``).",
+    lambda logs: EverythingUpstream(ensure_everything(), "sse", logs),
+)
+fastmcp_upstream = _shared_third_party(
+    "fastmcp_upstream",
+    "The session's shared FastMCP upstream over Streamable HTTP (``/mcp``).",
+    lambda logs: FastMCPUpstream("http", logs),
+)
+fastmcp_sse_upstream = _shared_third_party(
+    "fastmcp_sse_upstream",
+    "The session's shared FastMCP upstream over HTTP+SSE (``/sse``).",
+    lambda logs: FastMCPUpstream("sse", logs),
+)
 
 
 @pytest.fixture
