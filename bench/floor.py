@@ -52,7 +52,7 @@ async def main(opts: argparse.Namespace) -> None:
             "direct": Sessions(upstream_url, None, "auto", "echo", "raw"),
             "floor": Sessions(f"http://127.0.0.1:{port}/mcp", None, "auto", "echo", "raw"),
             "gateway": Sessions(
-                f"http://127.0.0.1:{gateway.port}/mcp/{NAMESPACE}", key, "auto", f"{CONNECTION}.echo", "raw"
+                f"http://127.0.0.1:{gateway.port}/mcp/{NAMESPACE}", key, "auto", f"{CONNECTION}__echo", "raw"
             ),
         }
         try:

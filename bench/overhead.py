@@ -509,7 +509,7 @@ async def main(opts: argparse.Namespace) -> None:
         )
         targets = {
             "direct": (f"http://127.0.0.1:{upstream.port}/mcp", None, "echo"),
-            "gateway": (f"http://127.0.0.1:{gateway.port}/mcp/{NAMESPACE}", key, f"{CONNECTION}.echo"),
+            "gateway": (f"http://127.0.0.1:{gateway.port}/mcp/{NAMESPACE}", key, f"{CONNECTION}__echo"),
         }
         print(
             f"upstream pid {upstream.pid} :{upstream.port}, gateway pid {gateway.pid} :{gateway.port}; "
