@@ -17,6 +17,16 @@ from tests.conftest import Gateway, Upstream
 
 _namespaces = iter(range(1, 1_000_000))
 MODERN = "2026-07-28"
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "robustness-test", "version": "1"},
+    },
+}
 
 
 def new_namespace(client: httpx2.Client) -> str:
@@ -64,16 +74,7 @@ def legacy_session(client: httpx2.Client, path: str) -> dict[str, str]:
     response = client.post(
         path,
         headers={"accept": "application/json, text/event-stream"},
-        json={
-            "jsonrpc": "2.0",
-            "id": 0,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "robustness-test", "version": "1"},
-            },
-        },
+        json={**INITIALIZE, "id": 0},
     )
     assert response.status_code == 200, response.text
     headers = {
@@ -304,16 +305,7 @@ def test_the_passthrough_advertises_only_what_it_serves(
         put(client, ns, "ev", everything.url)
         init = client.post(
             f"/mcp/{ns}/ev",
-            json={
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-11-25",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"},
-                },
-            },
+            json={**INITIALIZE, "id": 1},
         ).json()["result"]
         caps = init["capabilities"]
         assert "subscribe" not in caps.get("resources", {}), caps
@@ -452,16 +444,7 @@ def test_legacy_sessions_are_capped(start_gateway: Callable[..., Gateway], moder
         third = client.post(
             f"/mcp/{ns}",
             headers={"accept": "application/json, text/event-stream"},
-            json={
-                "jsonrpc": "2.0",
-                "id": 0,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-11-25",
-                    "capabilities": {},
-                    "clientInfo": {"name": "x", "version": "1"},
-                },
-            },
+            json={**INITIALIZE, "id": 0},
         )
         assert third.status_code == 503 and "error" in third.json(), third.text
         assert client.post(f"/{ns}/m/.tools/echo", json={"text": "still"}).status_code == 200
@@ -476,16 +459,7 @@ def test_the_namespace_endpoint_advertises_only_tools(
         init = client.post(
             f"/mcp/{ns}",
             headers={"accept": "application/json, text/event-stream"},
-            json={
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-11-25",
-                    "capabilities": {},
-                    "clientInfo": {"name": "x", "version": "1"},
-                },
-            },
+            json={**INITIALIZE, "id": 1},
         )
         result = (
             sse_messages(init.text)[0]["result"] if init.text.startswith("event") else init.json()["result"]
