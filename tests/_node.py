@@ -44,6 +44,12 @@ EVERYTHING_PACKAGES: dict[str, str] = {
     "@modelcontextprotocol/sdk": PACKAGES["@modelcontextprotocol/sdk"],
 }
 
+# mcp-remote: the stdio <-> remote MCP bridge desktop agents use (Claude Desktop, Cursor).
+MCP_REMOTE_PACKAGES: dict[str, str] = {
+    "mcp-remote": "0.15.1",
+    "@modelcontextprotocol/sdk": PACKAGES["@modelcontextprotocol/sdk"],
+}
+
 # The MCP Inspector's CLI needs Node >= 22.19; the npm registry ships Node itself as a package, so
 # it is installed like any other pin, into its own prefix.
 INSPECTOR_PACKAGES: dict[str, str] = {
@@ -248,6 +254,11 @@ def ensure_node(packages: Mapping[str, str] = PACKAGES, prefix: Path = PREFIX) -
 def ensure_everything() -> Node:
     """``@modelcontextprotocol/server-everything``, installed from the npm registry into ``tests/.node``."""
     return ensure_node(EVERYTHING_PACKAGES, PREFIX)
+
+
+def ensure_mcp_remote() -> Node:
+    """``mcp-remote``, installed from the npm registry into ``tests/.node``."""
+    return ensure_node(MCP_REMOTE_PACKAGES, PREFIX)
 
 
 def ensure_inspector() -> Node:
