@@ -4,6 +4,7 @@ they deliver. Everything runs against real gateways and real upstream servers on
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -480,3 +481,35 @@ def test_the_namespace_endpoint_advertises_only_tools(
             json={"jsonrpc": "2.0", "id": 2, "method": "server/discover", "params": {"_meta": meta}},
         ).json()["result"]
         assert discover["capabilities"] == {"tools": {"listChanged": False}}
+
+
+def _open_sockets(gateway: Gateway) -> int:
+    proc = gateway._process.proc  # noqa: SLF001 - the test harness's own child
+    assert proc is not None
+    fds = os.listdir(f"/proc/{proc.pid}/fd")
+    return sum(1 for fd in fds if os.readlink(f"/proc/{proc.pid}/fd/{fd}").startswith("socket:"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
+def test_cancelled_calls_leave_no_socket_behind(
+    gateway: Gateway, start_upstream: Callable[..., Upstream]
+) -> None:
+    upstream = start_upstream("slow")
+    with gateway.client(timeout=30) as client:
+        ns = new_namespace(client)
+        put(client, ns, "s", upstream.url)
+        headers = legacy_session(client, f"/mcp/{ns}")
+        client.post(f"/{ns}/s/.tools/echo", json={"text": "warm"})  # the fast lane's first socket
+        before = _open_sockets(gateway)
+        for i in range(12):
+            call = {
+                "jsonrpc": "2.0",
+                "id": 100 + i,
+                "method": "tools/call",
+                "params": {"name": "s__sleep", "arguments": {"seconds": 30 + i}},
+            }
+            with pytest.raises(httpx2.ReadTimeout), gateway.client(timeout=0.3) as impatient:
+                auth = {"authorization": client.headers["authorization"]}
+                impatient.post(f"/mcp/{ns}", headers={**headers, **auth}, json=call)
+        assert _wait_for(lambda: len(_cancellations(client, ns)) >= 12, 10), _cancellations(client, ns)
+        assert _wait_for(lambda: _open_sockets(gateway) <= before + 2, 10), (before, _open_sockets(gateway))
