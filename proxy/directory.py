@@ -420,9 +420,11 @@ class Directory:
         status: dict[str, Any]
         try:
             await session.client()
-            status = {"state": "connected"}
+            status = session.status or {"state": "connected"}
         except Exception as exc:
-            status = {
+            # The session's own status, not the caller's error text ("next attempt in N s" is
+            # true for a moment, not for as long as the row is stored).
+            status = session.status or {
                 "state": "error",
                 "message": getattr(exc, "message", None) or "the upstream server failed",
             }

@@ -48,6 +48,7 @@ class Settings:
     max_tool_pages: int = 1000
     listing_failure_ttl: float = 5.0
     max_legacy_sessions: int = 10_000
+    stream_keepalive: float = 15.0
     tool_names: str = "auto"
     log_level: str = "info"
     access_log: bool = False
@@ -71,6 +72,7 @@ class Settings:
             "call_timeout",
             "fanout_timeout",
             "session_idle_timeout",
+            "stream_keepalive",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

@@ -513,3 +513,30 @@ def test_cancelled_calls_leave_no_socket_behind(
                 impatient.post(f"/mcp/{ns}", headers={**headers, **auth}, json=call)
         assert _wait_for(lambda: len(_cancellations(client, ns)) >= 12, 10), _cancellations(client, ns)
         assert _wait_for(lambda: _open_sockets(gateway) <= before + 2, 10), (before, _open_sockets(gateway))
+
+
+def test_a_long_call_keeps_its_response_alive(
+    start_gateway: Callable[..., Gateway], start_upstream: Callable[..., Upstream]
+) -> None:
+    gateway = start_gateway(JUNCTION_STREAM_KEEPALIVE="0.3")
+    upstream = start_upstream("slow")
+    with gateway.client(timeout=30) as client:
+        ns = new_namespace(client)
+        put(client, ns, "s", upstream.url)
+        headers = legacy_session(client, f"/mcp/{ns}")
+        call = {
+            "jsonrpc": "2.0",
+            "id": 9,
+            "method": "tools/call",
+            "params": {"name": "s__sleep", "arguments": {"seconds": 1.2}},
+        }
+        long = client.post(f"/mcp/{ns}", headers=headers, json=call)
+        short = client.post(
+            f"/mcp/{ns}",
+            headers=headers,
+            json={**call, "id": 10, "params": {"name": "s__echo", "arguments": {"text": "quick"}}},
+        )
+    assert long.status_code == 200 and long.headers["content-type"].startswith("text/event-stream")
+    assert long.text.count(": keep-alive") >= 2, long.text
+    assert sse_messages(long.text)[-1]["result"]["content"][0]["text"] == "slept"
+    assert short.headers["content-type"] == "application/json"  # a quick answer stays plain JSON

@@ -93,22 +93,29 @@ def build_namespace_server(directory: Directory, catalog: Catalog, settings: Set
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         namespace, principal, _ = _caller(ctx)
+        answered = False
         raw_meta: Any = ctx.meta or {}
         token = raw_meta.get("progressToken", raw_meta.get("progress_token"))
         notify = None
         if token is not None:
 
             async def notify(note: wire.Notification) -> None:
-                # Progress about this call goes back to its caller, on its own request stream.
-                if note.method != "notifications/progress" or note.params.get("progressToken") != token:
+                # Progress about this call goes back to its caller, on its own request stream
+                # (the SDK may run a late progress callback after the answer: drop that one).
+                if answered or note.method != "notifications/progress":
+                    return
+                if note.params.get("progressToken") != token:
                     return
                 p = note.params
                 await ctx.session.report_progress(p.get("progress", 0), p.get("total"), p.get("message"))
 
         meta = {"progressToken": token} if token is not None else None
-        result = await call_for_mcp(
-            catalog, namespace, principal, params.name, params.arguments, meta=meta, notify=notify
-        )
+        try:
+            result = await call_for_mcp(
+                catalog, namespace, principal, params.name, params.arguments, meta=meta, notify=notify
+            )
+        finally:
+            answered = True
         return types.CallToolResult.model_validate(wire.legacy_result(result))
 
     return Server(

@@ -13,6 +13,7 @@ authority on sessions and errors. Every wire rule applied here comes from `proxy
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 from typing import Any
@@ -88,7 +89,7 @@ class ToolCallFastPath:
         self._settings = settings
         self._client_names: dict[str, str] = {}
         # Calls in flight on legacy sessions, by (session id, request id), for notifications/cancelled.
-        self._inflight: dict[tuple[str, Any], asyncio.Task[Any]] = {}
+        self._inflight: dict[tuple[str, Any], _Running] = {}
 
     def watch_initialize(self, body: bytes, send: Send) -> Send:
         """Remember the client name of a new legacy session (it picks the tool-name style)."""
@@ -179,15 +180,23 @@ class ToolCallFastPath:
             if message.params.get("cursor") is not None:
                 # The namespace's list is always one page: no cursor we did not hand out is valid.
                 data = wire.error_body(message.id, wire.INVALID_PARAMS, "invalid cursor")
+                status = wire.http_status(wire.INVALID_PARAMS) if era == "modern" else 200
             else:
                 data = await self._list(scope, headers, message, era, namespace, principal)
-            await self._respond(send, data, era, headers)
+                status = 200
+            await self._respond(send, data, era, headers, status=status)
             return True
         await self._call(headers, message, era, namespace, principal, receive, send)
         return True
 
     async def _respond(
-        self, send: Send, data: bytes, era: str, headers: dict[bytes, bytes], stream: bool = False
+        self,
+        send: Send,
+        data: bytes,
+        era: str,
+        headers: dict[bytes, bytes],
+        stream: bool = False,
+        status: int = 200,
     ) -> None:
         response_headers = [
             (b"content-type", b"text/event-stream" if stream else b"application/json"),
@@ -198,7 +207,7 @@ class ToolCallFastPath:
             response_headers.append((b"cache-control", b"no-cache"))
         if era == "legacy":
             response_headers.append((b"mcp-session-id", headers[b"mcp-session-id"]))
-        await send({"type": "http.response.start", "status": 200, "headers": response_headers})
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
         if data or not stream:
             await send({"type": "http.response.body", "body": data, "more_body": stream})
 
@@ -207,11 +216,12 @@ class ToolCallFastPath:
     ) -> bool:
         """`notifications/cancelled` for a call this fast path is running: cancel it (the upstream
         hears of it). Anything else goes to the SDK."""
-        session_id = self._live_session(scope, headers)
-        task = self._inflight.get((session_id, message.params.get("requestId"))) if session_id else None
-        if task is None:
+        request_id = message.params.get("requestId")
+        session_id = self._live_session(scope, headers) if wire.is_request_id(request_id) else None
+        running = self._inflight.get((session_id, request_id)) if session_id else None
+        if running is None:
             return False
-        task.cancel()
+        running.cancel()
         await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})
         return True
@@ -230,29 +240,54 @@ class ToolCallFastPath:
         token = _progress_token(params)
         streaming = False
 
+        async def stream(chunk: bytes) -> None:
+            # The answer turns into an event stream at its first event (progress or keep-alive).
+            nonlocal streaming
+            if not streaming:
+                streaming = True
+                await self._respond(send, chunk, era, headers, stream=True)
+            else:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
         async def relay(note: wire.Notification) -> None:
             # Progress about this call goes to the caller who asked for it, on this response.
-            nonlocal streaming
             if token is None or note.method != "notifications/progress":
                 return
             if note.params.get("progressToken") != token:
                 return
-            event = wire.sse_event(wire.notification_body(note.method, note.params))
-            if not streaming:
-                streaming = True
-                await self._respond(send, event, era, headers, stream=True)
-            else:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await stream(wire.sse_event(wire.notification_body(note.method, note.params)))
+
+        async def keep_alive() -> None:
+            # A long call sends a comment every `stream_keepalive` seconds, so proxies in between
+            # (which cut idle responses after 60-100 s) do not end it.
+            while True:
+                await stream(b": keep-alive\n\n")
+                await asyncio.sleep(self._settings.stream_keepalive)
+
+        pinger: asyncio.Future[None] | None = None
+
+        def start_pinging() -> None:
+            nonlocal pinger
+            pinger = asyncio.ensure_future(keep_alive())
+
+        loop = asyncio.get_running_loop()
+        timer = (
+            loop.call_later(self._settings.stream_keepalive, start_pinging)
+            if b"text/event-stream" in headers.get(b"accept", b"")
+            else None
+        )
 
         task = asyncio.current_task()
         assert task is not None
+        running = _Running(task)
         key = None
         if era == "legacy":
             key = (headers[b"mcp-session-id"].decode("latin-1"), request.id)
-            self._inflight[key] = task
+            self._inflight[key] = running
         watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(lambda done: _cancel_on_disconnect(done, task))
+        watcher.add_done_callback(running.on_receive)
         meta = {"progressToken": token} if token is not None else None
+        status = 200
         try:
             raw = await call_for_mcp(
                 self._catalog,
@@ -263,29 +298,42 @@ class ToolCallFastPath:
                 meta=meta,
                 notify=relay if token is not None else None,
             )
+            running.done = True
             shaped = wire.modern_result(raw, SERVER_INFO) if era == "modern" else wire.legacy_result(raw)
             data = wire.result_body(request.id, shaped)
         except MCPError as exc:
+            running.done = True
             data = wire.error_body(request.id, exc.error.code, exc.error.message, exc.error.data)
+            status = wire.http_status(exc.error.code) if era == "modern" and not streaming else 200
         except asyncio.CancelledError:
-            if task.cancelling() and (watcher.done() or key is not None):
-                # The caller went away or cancelled: nothing to answer (the upstream was told).
+            running.done = True
+            for _ in range(running.cancels):
                 task.uncancel()
-                if streaming:
-                    await _end_stream(send)
-                elif not watcher.done():
-                    await send({"type": "http.response.start", "status": 204, "headers": []})
-                    await send({"type": "http.response.body", "body": b""})
-                return
-            raise
+            if task.cancelling():
+                raise  # someone else's cancellation (the server shutting down): let it through
+            # The caller went away or cancelled: nothing to answer (the upstream was told).
+            if streaming:
+                await _end_stream(send)
+            elif not watcher.done():
+                await send({"type": "http.response.start", "status": 204, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+            return
         finally:
+            running.done = True
+            watcher.remove_done_callback(running.on_receive)
             watcher.cancel()
-            if key is not None:
-                self._inflight.pop(key, None)
+            if timer is not None:
+                timer.cancel()
+            if pinger is not None:
+                pinger.cancel()
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await pinger
+            if key is not None and self._inflight.get(key) is running:
+                del self._inflight[key]
         if streaming:
             await send({"type": "http.response.body", "body": wire.sse_event(data), "more_body": False})
         else:
-            await self._respond(send, data, era, headers)
+            await self._respond(send, data, era, headers, status=status)
 
     async def _list(
         self,
@@ -311,11 +359,27 @@ class ToolCallFastPath:
         return prefix + tools + extra + b"}}"
 
 
-def _cancel_on_disconnect(watcher: asyncio.Future[Message], task: asyncio.Task[Any]) -> None:
-    if watcher.cancelled() or watcher.exception() is not None:
-        return
-    if watcher.result().get("type") == "http.disconnect":
-        task.cancel()
+class _Running:
+    """A call the fast path is running, and the cancellations it asked for itself (a caller's
+    disconnect, `notifications/cancelled`), so that it swallows those and no other."""
+
+    __slots__ = ("task", "cancels", "done")
+
+    def __init__(self, task: asyncio.Task[Any]):
+        self.task = task
+        self.cancels = 0
+        self.done = False
+
+    def cancel(self) -> None:
+        if not self.done:
+            self.cancels += 1
+            self.task.cancel()
+
+    def on_receive(self, watcher: asyncio.Future[Message]) -> None:
+        if watcher.cancelled() or watcher.exception() is not None:
+            return
+        if watcher.result().get("type") == "http.disconnect":
+            self.cancel()
 
 
 async def _end_stream(send: Send) -> None:

@@ -11,6 +11,7 @@ Everything else talks to upstreams through the SDK and httpx2.
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ import httptools
 from proxy.upstream._pinned import open_checked_connection
 
 MAX_IDLE = 64
+# A kept-alive connection found closed within this many seconds of writing a request on it was
+# closed while idle (the upstream's keep-alive timeout, a restart): the request is sent again.
+RESEND_WINDOW = 0.05
 HIGH_WATER = 1024 * 1024  # stop reading while this much body waits for the caller
 
 
@@ -59,6 +63,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.reused = False
         self.received = False  # any byte of the current response arrived yet
+        self.sent_at = 0.0
+        self.lost_at = math.inf
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._paused = False
@@ -94,11 +100,13 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def eof_received(self) -> bool | None:
+        self.lost_at = min(self.lost_at, asyncio.get_running_loop().time())
         self._eof = True
         self._wake()
         return None  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_at = min(self.lost_at, asyncio.get_running_loop().time())
         self._eof = True
         self._lost = exc
         self._wake()
@@ -156,6 +164,7 @@ class _Connection(asyncio.Protocol):
         if deadline is not None:
             self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
         assert self.transport is not None
+        self.sent_at = asyncio.get_running_loop().time()
         self.transport.write(request)
         while not self._headers_done:
             await self._more()
@@ -200,17 +209,21 @@ class _Connection(asyncio.Protocol):
 class _Exchange:
     """One request and its response; the connection goes back to the pool when the body was read."""
 
-    __slots__ = ("_pool", "_request", "_deadline", "_conn", "_slot")
+    __slots__ = ("_pool", "_request", "_deadline", "_conn", "_slot", "_capped")
 
-    def __init__(self, pool: Http1Pool, request: bytes, deadline: float | None):
+    def __init__(self, pool: Http1Pool, request: bytes, deadline: float | None, capped: bool = True):
         self._pool = pool
         self._request = request
         self._deadline = deadline
         self._conn: _Connection | None = None
         self._slot = False
+        self._capped = capped
 
     async def __aenter__(self) -> Response:
         pool = self._pool
+        if not self._capped:
+            self._conn, response = await pool._send(self._request, self._deadline)  # noqa: SLF001
+            return response
         slots = pool._slots  # noqa: SLF001
         if slots.locked():
             loop = asyncio.get_running_loop()
@@ -267,6 +280,7 @@ class Http1Pool:
         self._idle: list[_Connection] = []
         # At most this many exchanges (so connections) at once, as the SDK path's httpx2 limits.
         self._slots = asyncio.Semaphore(max_connections)
+        self._closed = False
 
     async def _connect(self, deadline: float | None) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -291,13 +305,22 @@ class Http1Pool:
         lines = [f"POST {self.path} HTTP/1.1"] + [f"{k}: {v}" for k, v in merged.items()]
         return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
-    def post(self, head: bytes, body: bytes, extra: bytes = b"", deadline: float | None = None) -> _Exchange:
+    def post(
+        self,
+        head: bytes,
+        body: bytes,
+        extra: bytes = b"",
+        deadline: float | None = None,
+        *,
+        capped: bool = True,
+    ) -> _Exchange:
         """`async with pool.post(head, body) as response:` one request on a pooled connection.
 
         `head` comes from `head()`; `extra` is more header lines, each ending in CRLF. Past
-        `deadline` (event-loop time), connecting or reading raises TimeoutError."""
+        `deadline` (event-loop time), connecting or reading raises TimeoutError. `capped=False`
+        skips the connection cap: for the short side requests of a call that holds a slot."""
         length = b"content-length: %d\r\n\r\n" % len(body)
-        return _Exchange(self, b"".join((head, extra, length, body)), deadline)
+        return _Exchange(self, b"".join((head, extra, length, body)), deadline, capped)
 
     async def _send(self, request: bytes, deadline: float | None) -> tuple[_Connection, Response]:
         conn = self._idle_connection() or await self._connect(deadline)
@@ -305,7 +328,11 @@ class Http1Pool:
             return conn, await conn.start(request, deadline)
         except (ConnectionLost, ConnectionResetError, BrokenPipeError):
             conn.close()
-            if not conn.reused or conn.received:
+            # Only a connection the upstream had already closed while it sat idle (the close
+            # crossing our request) proves the request was not processed. A close that comes
+            # later may be a crash in the middle of the call: never run a call twice.
+            lost_late = conn.lost_at - conn.sent_at > RESEND_WINDOW
+            if not conn.reused or conn.received or lost_late:
                 raise
         except BaseException:
             conn.close()
@@ -324,7 +351,7 @@ class Http1Pool:
 
     def _release(self, conn: _Connection) -> None:
         conn.done()
-        if conn.reusable and len(self._idle) < MAX_IDLE:
+        if conn.reusable and len(self._idle) < MAX_IDLE and not self._closed:
             conn.reused = True
             self._idle.append(conn)
         else:
@@ -339,6 +366,8 @@ class Http1Pool:
         return None
 
     def close(self) -> None:
+        """Close idle connections now, and every busy one as its exchange ends."""
+        self._closed = True
         for conn in self._idle:
             conn.close()
         self._idle.clear()

@@ -162,7 +162,7 @@ class FastLane:
             return
         body = wire.notification_body("notifications/cancelled", {"requestId": request_id, "reason": reason})
         with contextlib.suppress(Exception):  # best effort: the upstream may be gone too
-            async with self.http.post(self._notify_head, body, deadline=deadline) as response:
+            async with self.http.post(self._notify_head, body, deadline=deadline, capped=False) as response:
                 await response.read()
 
     async def _answer(
@@ -248,5 +248,6 @@ class FastLane:
         reply = wire.error_body(
             request.id, wire.METHOD_NOT_FOUND, f"{request.method} is not relayed on this call"
         )
-        async with self.http.post(self._reply_head, reply, deadline=deadline) as response:
+        # Outside the connection cap: the call it answers already holds a slot.
+        async with self.http.post(self._reply_head, reply, deadline=deadline, capped=False) as response:
             await response.read()

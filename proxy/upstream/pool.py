@@ -124,6 +124,11 @@ class UpstreamSession:
         )
 
     @property
+    def busy(self) -> bool:
+        """Requests are in flight on this session."""
+        return self._inflight > 0
+
+    @property
     def connected(self) -> bool:
         return self._live is not None and not self._live.done.is_set()
 
@@ -131,6 +136,10 @@ class UpstreamSession:
     async def client(self) -> Client:
         """The live client, connecting (or reconnecting after backoff) when needed."""
         self.last_used = time.monotonic()
+        return await self._connected_client()
+
+    async def _connected_client(self) -> Client:
+        """`client()` without counting as use (the watcher reconnects through this)."""
         live = self._live
         if live is not None and not live.done.is_set():
             if not client_closed(live.client):
@@ -165,6 +174,7 @@ class UpstreamSession:
             self._failures = 0
             self._retry_at = 0.0
             await self._set_state({"state": "connected"})
+            self.tools.recovered()
             self._watch()
             return self._live.client
 
@@ -195,6 +205,8 @@ class UpstreamSession:
         self._watch()
 
     async def _set_state(self, status: dict[str, Any]) -> None:
+        if self._closed:
+            return  # replaced or removed: the key's status is the new session's to tell
         if status != self.status:
             self.status = status
             await self._pool.state_changed(self.key, status, self.server_info)
@@ -212,6 +224,7 @@ class UpstreamSession:
         fails MCP). Stops when the session is closed, or idle and healthy or idle for too long."""
         try:
             was_reachable = True
+            misses = 0
             while not self._closed:
                 await anyio.sleep(PROBE_INTERVAL_CONNECTED if self.connected else PROBE_INTERVAL)
                 if time.monotonic() - self.last_used > self._pool.idle_timeout:
@@ -220,7 +233,9 @@ class UpstreamSession:
                 if self._closed:
                     return
                 if self.connected:
-                    if not reachable:
+                    misses = 0 if reachable else misses + 1
+                    if misses >= 2:  # one lost probe (a DNS hiccup) must not drop a live session
+                        misses = 0
                         self._forget(self._live.client if self._live else None)
                         await self._failed(
                             "cannot connect to the upstream server (it stopped answering)", unreachable=True
@@ -230,7 +245,7 @@ class UpstreamSession:
                         self._retry_at = 0.0  # it just came back: no reason to wait
                     if time.monotonic() >= self._retry_at:
                         with contextlib.suppress(Exception):
-                            await self.client()
+                            await self._connected_client()
                 was_reachable = reachable
         finally:
             self._watching = False
@@ -444,7 +459,11 @@ class UpstreamSession:
             except UpstreamRpcError:
                 raise  # the upstream's own answer to this request: pass it on unchanged
             except MCPError as exc:
-                if live is not None and live.wire_state.session_lost:
+                if (
+                    live is not None
+                    and live.wire_state.session_lost
+                    and (exc.code == CONNECTION_CLOSED or "session" in exc.error.message.lower())
+                ):
                     # The upstream forgot the session (a restart): the request was not executed.
                     self._forget(client)
                     if attempt == 1:
@@ -471,9 +490,10 @@ class UpstreamSession:
             except JunctionError:
                 raise
             except (OSError, httpx2.HTTPError, ConnectionError) as exc:
-                self._forget(client)
-                if attempt == 1 and never_sent(exc):
-                    continue
+                if never_sent(exc) or client_closed(client):
+                    self._forget(client)  # the upstream is gone or restarted: a new session
+                    if attempt == 1 and never_sent(exc):
+                        continue
                 await self._failed(describe_failure(exc), unreachable=never_sent(exc))
                 raise UpstreamUnavailable(describe_failure(exc)) from exc
             except wire.WireError as exc:
@@ -677,7 +697,11 @@ class ConnectionPool:
     async def close_idle(self) -> int:
         """Close sessions unused for longer than the idle timeout; return how many."""
         now = time.monotonic()
-        idle = [s for s in self._sessions.values() if s.connected and now - s.last_used > self.idle_timeout]
+        idle = [
+            s
+            for s in self._sessions.values()
+            if s.connected and not s.busy and now - s.last_used > self.idle_timeout
+        ]
         for session in idle:
             await session.close()
         return len(idle)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -53,6 +54,7 @@ class ToolList:
         self._inflight: anyio.Event | None = None
         self._error: JunctionError | None = None
         self._attempted_at = 0.0
+        self._generation = 0  # bumped by invalidate(): a refresh begun before it is stale
         # Changes whenever the cached list does; lets callers cache what they derive from it.
         self.version = next(_versions)
         # Tools whose calls must mirror arguments into Mcp-Param-* headers: the SDK does that.
@@ -66,6 +68,7 @@ class ToolList:
 
     def invalidate(self) -> None:
         """The upstream said its tools changed: the next caller lists again."""
+        self._generation += 1
         self._tools = None
         self.version = next(_versions)
         self._on_change()
@@ -79,18 +82,24 @@ class ToolList:
         if error is not None:
             if self._inflight is None and time.monotonic() - self._attempted_at >= self._failure_ttl:
                 self._refresh()
-            raise error
+            # Raised again and again: without a traceback, or each raise would add its frames.
+            raise error.with_traceback(None)
         inflight = self._inflight or self._refresh()
         try:
             with anyio.fail_after(wait):
                 await inflight.wait()
         except TimeoutError as exc:
             self._error = UpstreamTimeout(f"listing tools timed out after {wait:g} s")
-            raise self._error from exc
+            raise self._error.with_traceback(None) from exc
         if self._error is not None:
-            raise self._error
+            raise self._error.with_traceback(None)
         assert self._tools is not None
         return self._tools
+
+    def recovered(self) -> None:
+        """The upstream is reachable again: retry a remembered listing failure now."""
+        if self._error is not None and self._inflight is None:
+            self._refresh()
 
     def _refresh(self) -> anyio.Event:
         done = self._inflight = anyio.Event()
@@ -99,12 +108,16 @@ class ToolList:
         return done
 
     async def _run(self, done: anyio.Event) -> None:
+        generation = self._generation
         try:
             tools = await self._fetch()
         except JunctionError as exc:
             self._error = exc
         else:
-            self._tools, self._fetched_at, self._error = tools, time.monotonic(), None
+            # A list the upstream announced as changed while we fetched is served once, not cached.
+            fresh = generation == self._generation
+            self._tools, self._error = tools, None
+            self._fetched_at = time.monotonic() if fresh else -math.inf
             self.version = next(_versions)
             self.header_tools = frozenset(t.name for t in tools if uses_mcp_headers(t.input_schema))
             self._on_change()
