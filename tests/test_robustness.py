@@ -70,6 +70,15 @@ def blackhole() -> Iterator[str]:
     listener.close()
 
 
+def tool_call(request_id: int | str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    }
+
+
 def legacy_session(client: httpx2.Client, path: str) -> dict[str, str]:
     """Headers of a fresh 2025-11-25 session on `path` (initialize + initialized)."""
     response = client.post(
@@ -168,12 +177,7 @@ def test_a_caller_who_disconnects_cancels_the_upstream_request(
         ns = new_namespace(client)
         put(client, ns, "s", upstream.url)
         headers = legacy_session(client, f"/mcp/{ns}")
-        call = {
-            "jsonrpc": "2.0",
-            "id": 7,
-            "method": "tools/call",
-            "params": {"name": "s__sleep", "arguments": {"seconds": 21}},
-        }
+        call = tool_call(7, "s__sleep", {"seconds": 21})
         with pytest.raises(httpx2.ReadTimeout), gateway.client(timeout=1.0) as impatient:
             impatient.post(
                 f"/mcp/{ns}", headers={**headers, "authorization": client.headers["authorization"]}, json=call
@@ -198,12 +202,7 @@ def test_notifications_cancelled_and_disconnects_reach_the_upstream(
                     answer["response"] = c.post(
                         f"/mcp/{ns}",
                         headers=headers,
-                        json={
-                            "jsonrpc": "2.0",
-                            "id": "c1",
-                            "method": "tools/call",
-                            "params": {"name": "s__sleep", "arguments": {"seconds": 22}},
-                        },
+                        json=tool_call("c1", "s__sleep", {"seconds": 22}),
                     )
 
             thread = threading.Thread(target=call)
@@ -502,12 +501,7 @@ def test_cancelled_calls_leave_no_socket_behind(
         client.post(f"/{ns}/s/.tools/echo", json={"text": "warm"})  # the fast lane's first socket
         before = _open_sockets(gateway)
         for i in range(12):
-            call = {
-                "jsonrpc": "2.0",
-                "id": 100 + i,
-                "method": "tools/call",
-                "params": {"name": "s__sleep", "arguments": {"seconds": 30 + i}},
-            }
+            call = tool_call(100 + i, "s__sleep", {"seconds": 30 + i})
             with pytest.raises(httpx2.ReadTimeout), gateway.client(timeout=0.3) as impatient:
                 auth = {"authorization": client.headers["authorization"]}
                 impatient.post(f"/mcp/{ns}", headers={**headers, **auth}, json=call)
@@ -524,12 +518,7 @@ def test_a_long_call_keeps_its_response_alive(
         ns = new_namespace(client)
         put(client, ns, "s", upstream.url)
         headers = legacy_session(client, f"/mcp/{ns}")
-        call = {
-            "jsonrpc": "2.0",
-            "id": 9,
-            "method": "tools/call",
-            "params": {"name": "s__sleep", "arguments": {"seconds": 1.2}},
-        }
+        call = tool_call(9, "s__sleep", {"seconds": 1.2})
         long = client.post(f"/mcp/{ns}", headers=headers, json=call)
         short = client.post(
             f"/mcp/{ns}",
