@@ -295,6 +295,13 @@ class Exchange:
         return msg
 
 
+def about_session(text: str | bytes) -> bool:
+    """Does an upstream's error text speak of the session (the one sign servers agree on)?"""
+    if isinstance(text, bytes):
+        return b"session" in text.lower()
+    return "session" in text.lower()
+
+
 def session_expired(status: int, body: Message | None) -> bool:
     """Did the upstream forget our session? HTTP 404 on a session request, or HTTP 400 with a
     JSON-RPC error about the session id (as TypeScript-SDK servers answer after a restart)."""
@@ -302,7 +309,7 @@ def session_expired(status: int, body: Message | None) -> bool:
         return True
     if status != 400 or not isinstance(body, Response) or body.error is None:
         return False
-    return "session" in str(body.error.get("message", "")).lower()
+    return about_session(str(body.error.get("message", "")))
 
 
 # --- headers -----------------------------------------------------------------------------------

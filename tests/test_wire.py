@@ -178,6 +178,7 @@ def test_session_expiry_is_recognised_from_404_and_from_the_typescript_400() -> 
     assert not wire.session_expired(400, Response(None, error={"code": -32602, "message": "bad params"}))
     assert not wire.session_expired(200, ts_answer)
     assert not wire.session_expired(500, None)
+    assert wire.about_session(b"Session not found") and not wire.about_session("bad params")
 
 
 def test_bodies() -> None:

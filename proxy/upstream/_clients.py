@@ -92,6 +92,6 @@ async def _watch_sse_session(state: WireState, response: httpx2.Response) -> Non
         return
     if status == 400:
         with contextlib.suppress(httpx2.HTTPError):
-            if b"session" not in (await response.aread()).lower():
+            if not wire.about_session(await response.aread()):
                 return
     state.session_lost = True

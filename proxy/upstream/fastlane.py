@@ -230,7 +230,7 @@ class FastLane:
                 if (
                     message.id is None
                     and self.session_id
-                    and "session" in str(error.get("message", "")).lower()
+                    and wire.about_session(str(error.get("message", "")))
                 ):
                     raise SessionExpired("the upstream forgot our session")
                 raise UpstreamRpcError(int(error["code"]), str(error["message"]), error.get("data"))

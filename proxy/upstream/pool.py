@@ -462,7 +462,7 @@ class UpstreamSession:
                 if (
                     live is not None
                     and live.wire_state.session_lost
-                    and (exc.code == CONNECTION_CLOSED or "session" in exc.error.message.lower())
+                    and (exc.code == CONNECTION_CLOSED or wire.about_session(exc.error.message))
                 ):
                     # The upstream forgot the session (a restart): the request was not executed.
                     self._forget(client)
