@@ -9,6 +9,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 import uvicorn
@@ -22,8 +23,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from proxy import __version__
-from proxy.api import connections, keys, namespaces, tools
+from proxy import __version__, wirejson
+from proxy.api import connections, keys, namespaces, tokens, tools
 from proxy.api._http import (
     error_response,
     gateway,
@@ -34,13 +35,15 @@ from proxy.api._http import (
     read_asgi_body,
     read_body,
 )
+from proxy.auth.cors import CorsMiddleware
 from proxy.auth.keys import ApiKeys
-from proxy.auth.middleware import PRINCIPAL_KEY, AuthMiddleware, is_mcp_path
-from proxy.auth.policy import Principal, require
+from proxy.auth.middleware import PRINCIPAL_KEY, Authenticate, Authentication, is_mcp_path
+from proxy.auth.policy import Principal, require, require_mcp
+from proxy.auth.tokens import ServiceTokens
 from proxy.directory import Directory
 from proxy.errors import ConfigError, JunctionError, MethodNotAllowed, NotFound
 from proxy.gateway.catalog import Catalog
-from proxy.gateway.endpoint import NAMESPACE_KEY, build_namespace_server, build_session_manager
+from proxy.gateway.endpoint import NAMESPACE_KEY, RPC_KEY, build_namespace_server, build_session_manager
 from proxy.gateway.fastpath import ToolCallFastPath
 from proxy.gateway.passthrough import Passthrough
 from proxy.gateway.passthrough import error_response as rpc_error_response
@@ -61,6 +64,7 @@ async def health(request: Request) -> Response:
 
 
 async def servers(request: Request) -> Response:
+    require(principal(request), "read", "servers")
     # No registry yet; the empty catalog keeps `smithery auth login`'s key check working.
     page_size = request.query_params.get("pageSize", "10")
     size = int(page_size) if page_size.isdigit() and int(page_size) > 0 else 10
@@ -105,7 +109,8 @@ class NamespaceMCP:
         caller = scope[PRINCIPAL_KEY]
         try:
             await gw.directory.namespace(namespace)
-            require(caller, "read", "connections", namespace)
+            if not caller.admin and scope["method"] != "POST":
+                require_mcp(caller, None, namespace)
         except JunctionError as exc:
             await error_response(exc)(scope, receive, send)
             return
@@ -114,6 +119,10 @@ class NamespaceMCP:
         if scope["method"] == "POST":
             try:
                 body = await read_asgi_body(scope, receive, gw.settings.max_body_bytes)
+                if not caller.admin:  # the method decides the operation; rpcReqMatch sees it all
+                    message = _message(body)
+                    require_mcp(caller, message, namespace)
+                    scope[RPC_KEY] = message
             except JunctionError as exc:
                 await rpc_error_response(None, exc)(scope, receive, send)
                 return
@@ -134,6 +143,16 @@ class NamespaceMCP:
             send = gw.fast_path.watch_initialize(body, send)
             receive = _replay(body, receive)
         await gw.session_manager.handle_request(scope, receive, json_rpc_errors(send))
+
+
+def _message(body: bytes) -> dict[str, Any] | None:
+    """The JSON-RPC message in a body, for the policy (None when it is not one: the JSON-RPC layer
+    answers that; the policy then sees a request with no method)."""
+    try:
+        value = wirejson.loads_strict(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -162,8 +181,10 @@ async def connection_mcp(request: Request) -> Response:
     namespace = request.path_params["namespace"]
     try:
         record = await gw.directory.connection(namespace, request.path_params["connection"])
-        require(principal(request), "execute", "connections", namespace, record.metadata or {})
         body = await read_body(request, gw.settings.max_body_bytes)
+        caller = principal(request)
+        if not caller.admin:
+            require_mcp(caller, _message(body), namespace, record.metadata or {}, record.connection_id)
     except JunctionError as exc:
         return rpc_error_response(None, exc)
     return await gw.passthrough.handle(request, body, gw.directory.upstream_for(record))
@@ -197,38 +218,46 @@ NAMESPACE_MCP = NamespaceMCP()
 
 
 # --- the route table -------------------------------------------------------------------------
+def route(path: str, endpoint: Any, methods: list[str], *, public: bool = False) -> Route:
+    """A route that authenticates its caller first, unless marked `public`."""
+    middleware = None if public else [Middleware(Authenticate)]
+    return Route(path, endpoint, methods=methods, middleware=middleware)
+
+
 def _connect_routes(prefix: str) -> list[Route]:
     p = prefix
     return [
-        Route(f"{p}/{{namespace}}", connections.list_connections, methods=["GET"]),
-        Route(f"{p}/{{namespace}}", connections.create_connection, methods=["POST"]),
-        Route(f"{p}/{{namespace}}/.tools", tools.namespace_tools, methods=["GET"]),
-        Route(f"{p}/{{namespace}}/{{connection}}", connections.get_connection, methods=["GET"]),
-        Route(f"{p}/{{namespace}}/{{connection}}", connections.put_connection, methods=["PUT"]),
-        Route(f"{p}/{{namespace}}/{{connection}}", connections.delete_connection, methods=["DELETE"]),
-        Route(f"{p}/{{namespace}}/{{connection}}/.tools", tools.list_tools, methods=["GET"]),
-        Route(f"{p}/{{namespace}}/{{connection}}/.tools/{{tool_path:path}}", tools.get_tool, methods=["GET"]),
-        Route(
-            f"{p}/{{namespace}}/{{connection}}/.tools/{{tool_path:path}}", tools.call_tool, methods=["POST"]
-        ),
+        route(f"{p}/{{namespace}}", connections.list_connections, ["GET"]),
+        route(f"{p}/{{namespace}}", connections.create_connection, ["POST"]),
+        route(f"{p}/{{namespace}}/.tools", tools.namespace_tools, ["GET"]),
+        route(f"{p}/{{namespace}}/{{connection}}", connections.get_connection, ["GET"]),
+        route(f"{p}/{{namespace}}/{{connection}}", connections.put_connection, ["PUT"]),
+        route(f"{p}/{{namespace}}/{{connection}}", connections.delete_connection, ["DELETE"]),
+        route(f"{p}/{{namespace}}/{{connection}}/.tools", tools.list_tools, ["GET"]),
+        route(f"{p}/{{namespace}}/{{connection}}/.tools/{{tool_path:path}}", tools.get_tool, ["GET"]),
+        route(f"{p}/{{namespace}}/{{connection}}/.tools/{{tool_path:path}}", tools.call_tool, ["POST"]),
     ]
 
 
 ROUTES: list[Route] = [
-    Route("/health", health, methods=["GET"]),
-    Route("/.well-known/oauth-protected-resource{resource:path}", protected_resource, methods=["GET"]),
-    Route("/servers", servers, methods=["GET"]),
-    Route("/namespaces", namespaces.list_namespaces, methods=["GET"]),
-    Route("/namespaces", namespaces.create_namespace, methods=["POST"]),
-    Route("/namespaces/{name}", namespaces.get_namespace, methods=["GET"]),
-    Route("/namespaces/{name}", namespaces.put_namespace, methods=["PUT"]),
-    Route("/namespaces/{name}", namespaces.delete_namespace, methods=["DELETE"]),
-    Route("/keys", keys.list_keys, methods=["GET"]),
-    Route("/keys", keys.create_key, methods=["POST"]),
-    Route("/keys/{key_id}", keys.revoke_key, methods=["DELETE"]),
-    Route("/mcp/{namespace}/{connection}", connection_mcp, methods=["GET", "POST", "DELETE"]),
-    Route("/mcp/{namespace}", NAMESPACE_MCP, methods=["GET", "POST", "DELETE"]),
-    Route("/connect/{namespace}/{connection}/mcp", connection_mcp, methods=["GET", "POST", "DELETE"]),
+    route("/health", health, ["GET"], public=True),
+    route("/.well-known/oauth-protected-resource{resource:path}", protected_resource, ["GET"], public=True),
+    route("/servers", servers, ["GET"]),
+    route("/namespaces", namespaces.list_namespaces, ["GET"]),
+    route("/namespaces", namespaces.create_namespace, ["POST"]),
+    route("/namespaces/{name}", namespaces.get_namespace, ["GET"]),
+    route("/namespaces/{name}", namespaces.put_namespace, ["PUT"]),
+    route("/namespaces/{name}", namespaces.delete_namespace, ["DELETE"]),
+    route("/keys", keys.list_keys, ["GET"]),
+    route("/keys", keys.create_key, ["POST"]),
+    route("/keys/{key_id}", keys.revoke_key, ["DELETE"]),
+    route("/tokens", tokens.list_tokens, ["GET"]),
+    route("/tokens", tokens.create_token, ["POST"]),
+    route("/tokens/signing-key", tokens.rotate_signing_key, ["POST"]),
+    route("/tokens/{token_id}", tokens.revoke_token, ["DELETE"]),
+    route("/mcp/{namespace}/{connection}", connection_mcp, ["GET", "POST", "DELETE"]),
+    route("/mcp/{namespace}", NAMESPACE_MCP, ["GET", "POST", "DELETE"]),
+    route("/connect/{namespace}/{connection}/mcp", connection_mcp, ["GET", "POST", "DELETE"]),
     *_connect_routes("/connect"),
     *_connect_routes(""),
 ]
@@ -259,6 +288,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 file=sys.stderr,
                 flush=True,
             )
+        service_tokens = ServiceTokens(store, vault, api_keys, issuer=settings.effective_public_url)
+        await service_tokens.load()
         async with anyio.create_task_group() as tg:
             pool = ConnectionPool(
                 tg,
@@ -280,6 +311,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 store=store,
                 vault=vault,
                 keys=api_keys,
+                tokens=service_tokens,
+                authentication=Authentication(service_tokens, api_keys),
                 pool=pool,
                 directory=directory,
                 catalog=catalog,
@@ -289,6 +322,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             )
             tg.start_soon(pool.run_reaper, min(60.0, settings.session_idle_timeout))
             tg.start_soon(api_keys.run_flusher)
+            tg.start_soon(service_tokens.run_sync)
             # Everything built so far lives as long as the process: keep the collector off it.
             gc.collect()
             gc.freeze()
@@ -350,7 +384,7 @@ class McpFirst:
 
     def __init__(self, app: Starlette, public_url: str):
         self.app = app
-        self.endpoint = AuthMiddleware(NAMESPACE_MCP, public_url=public_url)
+        self.endpoint = Authenticate(NAMESPACE_MCP)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -363,11 +397,10 @@ class McpFirst:
         await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings) -> McpFirst:
+def create_app(settings: Settings) -> CorsMiddleware:
     """The ASGI app for `settings` (its parts start in the lifespan)."""
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(AuthMiddleware, public_url=settings.effective_public_url)],
         exception_handlers={
             JunctionError: on_junction_error,
             HTTPException: on_http_error,
@@ -376,7 +409,8 @@ def create_app(settings: Settings) -> McpFirst:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    return McpFirst(app, settings.effective_public_url)
+    # Outermost: preflights and foreign origins are answered before routing and authentication.
+    return CorsMiddleware(McpFirst(app, settings.effective_public_url), settings)
 
 
 def configure_logging(level: str) -> None:

@@ -187,8 +187,21 @@ class Directory:
         self._namespaces[name] = record
         return record, created
 
-    async def list_namespaces(self, page: int, page_size: int) -> tuple[list[NamespaceRecord], int]:
-        return await self._store.list_namespaces((page - 1) * page_size, page_size)
+    async def list_namespaces(
+        self,
+        page: int,
+        page_size: int,
+        *,
+        names: frozenset[str] | None = None,
+        visible: Callable[[NamespaceRecord], bool] | None = None,
+    ) -> tuple[list[NamespaceRecord], int]:
+        """A page of namespaces and the total. `names` bounds the query (a caller's namespace
+        scope); `visible` (its policy) filters the rows before paging."""
+        if visible is None:
+            return await self._store.list_namespaces((page - 1) * page_size, page_size, names)
+        rows, _ = await self._store.list_namespaces(0, 1_000_000, names)
+        shown = [r for r in rows if visible(r)]
+        return shown[(page - 1) * page_size : page * page_size], len(shown)
 
     async def delete_namespace(self, name: str) -> None:
         await self.namespace(name)
@@ -242,7 +255,9 @@ class Directory:
         name: str | None = None,
         mcp_url: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        visible: Callable[[ConnectionRecord], bool] | None = None,
     ) -> tuple[list[ConnectionRecord], str | None]:
+        """A page of connections; `visible` (the caller's policy) filters before paging."""
         after = _decode_cursor(cursor) if cursor else None
         matches = [
             r
@@ -251,6 +266,7 @@ class Directory:
             and (name is None or r.name == name)
             and (mcp_url is None or r.mcp_url == mcp_url)
             and _metadata_matches(r.metadata, metadata or {})
+            and (visible is None or visible(r))
         ]
         page = matches[:limit]
         more = len(matches) > limit
@@ -259,7 +275,7 @@ class Directory:
     async def connection(self, namespace: str, connection_id: str) -> ConnectionRecord:
         record = (await self._loaded(namespace)).get(connection_id)
         if record is None:
-            raise NotFound(f"connection {connection_id!r} not found in namespace {namespace!r}")
+            raise NotFound.connection(namespace, connection_id)
         return record
 
     async def create_connection(

@@ -93,6 +93,13 @@ class NotFound(JunctionError):
     status = 404
     jsonrpc_code = -32602
 
+    @classmethod
+    def connection(cls, namespace: str | None, connection_id: str | None) -> NotFound:
+        """The one message for a connection that is missing, or hidden from the caller."""
+        if connection_id is None:
+            return cls("connection not found")
+        return cls(f"connection {connection_id!r} not found in namespace {namespace!r}")
+
 
 class MethodNotAllowed(JunctionError):
     code = "method_not_allowed"

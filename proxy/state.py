@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 from proxy.auth.keys import ApiKeys
+from proxy.auth.middleware import Authentication
+from proxy.auth.tokens import ServiceTokens
 from proxy.directory import Directory
 from proxy.gateway.catalog import Catalog
 from proxy.gateway.fastpath import ToolCallFastPath
@@ -23,6 +25,8 @@ class Gateway:
     store: Store
     vault: Vault
     keys: ApiKeys
+    tokens: ServiceTokens
+    authentication: Authentication
     pool: ConnectionPool
     directory: Directory
     catalog: Catalog

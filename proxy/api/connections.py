@@ -8,9 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.api._http import gateway, int_param, iso, json_response, principal, read_json_object
-from proxy.auth.policy import require
-from proxy.directory import parse_connection_input
-from proxy.errors import NotFound, ValidationFailed
+from proxy.auth.policy import Principal, allows, require
+from proxy.directory import ConnectionInput, parse_connection_input
+from proxy.errors import Forbidden, NotFound, ValidationFailed
 from proxy.store import ConnectionRecord
 
 
@@ -54,6 +54,7 @@ async def list_connections(request: Request) -> Response:
     caller = principal(request)
     require(caller, "read", "connections", namespace)
     directory = gateway(request).directory
+    # Hidden rows are filtered before paging: no count, cursor or page size gives them away.
     records, next_cursor = await directory.list_connections(
         namespace,
         limit=int_param(request, "limit", 100, 1, 100),
@@ -61,6 +62,9 @@ async def list_connections(request: Request) -> Response:
         name=request.query_params.get("name"),
         mcp_url=request.query_params.get("mcpUrl"),
         metadata=metadata_filters(request),
+        visible=None
+        if caller.admin
+        else lambda r: allows(caller, "read", "connections", namespace, r.metadata or {}),
     )
     return json_response({"connections": [connection_json(r) for r in records], "nextCursor": next_cursor})
 
@@ -69,7 +73,7 @@ async def create_connection(request: Request) -> Response:
     namespace = request.path_params["namespace"]
     body = await read_json_object(request)
     data = parse_connection_input(body)
-    require(principal(request), "write", "connections", namespace, data.metadata or {})
+    _require_writable(principal(request), namespace, data.metadata or {})
     directory = gateway(request).directory
     await directory.namespace(namespace)
     record = await directory.create_connection(namespace, body.get("connectionId"), data)
@@ -79,7 +83,15 @@ async def create_connection(request: Request) -> Response:
 async def _visible(request: Request) -> ConnectionRecord:
     namespace = request.path_params["namespace"]
     record = await gateway(request).directory.connection(namespace, request.path_params["connection"])
-    require(principal(request), "read", "connections", namespace, record.metadata or {})
+    require(
+        principal(request),
+        "read",
+        "connections",
+        namespace,
+        record.metadata or {},
+        None,
+        record.connection_id,
+    )
     return record
 
 
@@ -98,16 +110,40 @@ async def put_connection(request: Request) -> Response:
     caller = principal(request)
     try:
         current = await directory.connection(namespace, connection_id)
-        require(caller, "write", "connections", namespace, current.metadata or {})
     except NotFound:
+        _require_writable(caller, namespace, data.metadata or {})
         await directory.namespace(namespace)
-    require(caller, "write", "connections", namespace, data.metadata or {})
+    else:
+        require(caller, "write", "connections", namespace, current.metadata or {}, None, connection_id)
+        # What the connection's metadata will be: the new one, or the one it keeps.
+        _require_writable(caller, namespace, _resulting_metadata(data, current))
     record, created = await directory.upsert_connection(namespace, connection_id, data)
     return json_response(connection_json(record), 201 if created else 200)
 
 
 async def delete_connection(request: Request) -> Response:
     record = await _visible(request)
-    require(principal(request), "write", "connections", record.namespace, record.metadata or {})
+    require(
+        principal(request),
+        "write",
+        "connections",
+        record.namespace,
+        record.metadata or {},
+        None,
+        record.connection_id,
+    )
     await gateway(request).directory.delete_connection(record.namespace, record.connection_id)
     return json_response({"success": True})
+
+
+def _resulting_metadata(data: ConnectionInput, current: ConnectionRecord) -> dict[str, Any]:
+    return (data.metadata if data.metadata_set else current.metadata) or {}
+
+
+def _require_writable(caller: Principal, namespace: str, metadata: dict[str, Any]) -> None:
+    """A connection may only be given metadata the caller may write: a token scoped to a user
+    creates that user's connections and cannot move one out of its reach."""
+    if not allows(caller, "write", "connections", namespace, metadata):
+        raise Forbidden(
+            f"this credential may not write connections with this metadata in namespace {namespace!r}"
+        )

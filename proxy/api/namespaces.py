@@ -9,8 +9,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.api._http import gateway, int_param, iso, json_response, principal, read_json_object
-from proxy.auth.policy import require
+from proxy.auth.policy import allows, require
 from proxy.errors import ValidationFailed
+from proxy.names import generate_namespace
 from proxy.store import NamespaceRecord
 
 
@@ -19,10 +20,16 @@ def namespace_json(record: NamespaceRecord) -> dict[str, Any]:
 
 
 async def list_namespaces(request: Request) -> Response:
-    require(principal(request), "read", "namespaces")
+    caller = principal(request)
+    require(caller, "read", "namespaces")
     page = int_param(request, "page", 1, 1, 1_000_000)
     page_size = int_param(request, "pageSize", 50, 1, 100)
-    records, total = await gateway(request).directory.list_namespaces(page, page_size)
+    records, total = await gateway(request).directory.list_namespaces(
+        page,
+        page_size,
+        names=caller.namespace_bound(),
+        visible=None if caller.admin else lambda r: allows(caller, "read", "namespaces", r.name),
+    )
     return json_response(
         {
             "namespaces": [namespace_json(r) for r in records],
@@ -47,17 +54,21 @@ def _tool_names(body: dict[str, Any]) -> str | None:
 
 
 async def create_namespace(request: Request) -> Response:
-    require(principal(request), "write", "namespaces")
     body = await read_json_object(request)
     name = body.get("name")
+    if name is None:
+        name = generate_namespace()
+    if not isinstance(name, str):
+        raise ValidationFailed("name must be a string")
+    require(principal(request), "write", "namespaces", name)
     record, _ = await gateway(request).directory.create_namespace(name, _tool_names(body))
     return json_response(namespace_json(record), 201)
 
 
 async def put_namespace(request: Request) -> Response:
-    require(principal(request), "write", "namespaces")
-    body = await read_json_object(request)
     name = request.path_params["name"]
+    require(principal(request), "write", "namespaces", name)
+    body = await read_json_object(request)
     tool_names = _tool_names(body)
     if body.get("name", name) != name:
         raise ValidationFailed("name in the body differs from the one in the path")
@@ -66,8 +77,9 @@ async def put_namespace(request: Request) -> Response:
 
 
 async def get_namespace(request: Request) -> Response:
-    require(principal(request), "read", "namespaces")
-    record = await gateway(request).directory.namespace(request.path_params["name"])
+    name = request.path_params["name"]
+    require(principal(request), "read", "namespaces", name)
+    record = await gateway(request).directory.namespace(name)
     return json_response(namespace_json(record))
 
 

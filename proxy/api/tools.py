@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from proxy.api._http import gateway, json_response, principal, read_json_object
 from proxy.api.connections import connection_json
-from proxy.auth.policy import require
+from proxy.auth.policy import ANY, CALL, LIST, TOOLS_LIST_REQUEST, require, tool_call_request
 from proxy.errors import NotFound, ToolError
 from proxy.gateway.names import find_tool, tools_under
 from proxy.store import ConnectionRecord
@@ -22,11 +22,19 @@ def _dump(model: Any) -> dict[str, Any]:
 
 
 async def _connection(request: Request, operation: str) -> ConnectionRecord:
+    """The connection of the path, if the caller may list its tools (or call some of them)."""
     namespace = request.path_params["namespace"]
     record = await gateway(request).directory.connection(namespace, request.path_params["connection"])
-    require(principal(request), "read", "connections", namespace, record.metadata or {})
-    if operation == "execute":
-        require(principal(request), "execute", "connections", namespace, record.metadata or {})
+    operations, rpc = (CALL, ANY) if operation == "execute" else (LIST, TOOLS_LIST_REQUEST)
+    require(
+        principal(request),
+        operations,
+        "connections",
+        namespace,
+        record.metadata or {},
+        rpc,
+        record.connection_id,
+    )
     return record
 
 
@@ -77,6 +85,17 @@ async def call_tool(request: Request) -> Response:
         tool = _find(await session.list_tools(), path)
     if tool is None:
         raise NotFound(f"no tool {path!r} on connection {record.connection_id!r}")
+    # The call as the MCP request it stands for: a token's rpcReqMatch applies here too.
+    rpc = tool_call_request(tool.name, arguments)
+    require(
+        principal(request),
+        CALL,
+        "connections",
+        record.namespace,
+        record.metadata or {},
+        rpc,
+        record.connection_id,
+    )
     try:
         result = await session.call_tool(tool.name, arguments)
     except MCPError as exc:
@@ -87,10 +106,10 @@ async def call_tool(request: Request) -> Response:
 async def namespace_tools(request: Request) -> Response:
     namespace = request.path_params["namespace"]
     caller = principal(request)
-    require(caller, "read", "connections", namespace)
+    require(caller, LIST, "connections", namespace, ANY, TOOLS_LIST_REQUEST)
     await gateway(request).directory.namespace(namespace)
     envelopes: list[dict[str, Any]] = []
-    for item in await gateway(request).catalog.gather(namespace, caller):
+    for item in await gateway(request).catalog.gather(namespace, caller, TOOLS_LIST_REQUEST):
         envelope: dict[str, Any] = {
             "connectionId": item.record.connection_id,
             "name": item.record.name,

@@ -29,9 +29,6 @@ LAST_USED_FLUSH_INTERVAL = 60.0
 log = logging.getLogger("junction.keys")
 
 
-_ENV_ADMIN = Principal(kind="api_key", id="env", name="JUNCTION_ADMIN_KEY")
-
-
 def hash_key(key: str) -> str:
     # Keys carry 256 bits of randomness, so a fast hash is as strong as a slow one here.
     return hashlib.sha256(key.encode()).hexdigest()
@@ -49,6 +46,10 @@ class ApiKeys:
     def __init__(self, store: Store, admin_key: str = ""):
         self._store = store
         self._admin_hash = hash_key(admin_key) if admin_key else None
+        # The environment key's id names its hash, so tokens minted with it die when it changes.
+        env_id = "env_" + self._admin_hash[:16] if self._admin_hash else ""
+        self._env_admin = Principal(kind="api_key", id=env_id, name="JUNCTION_ADMIN_KEY", key_id=env_id)
+        self._live: set[str] = set()  # ids of the stored keys, for tokens bound to them
         self._valid: dict[str, Principal] = {}
         # Bumped by every revoke: a check that read the store before a revoke finished must not
         # cache what it read (the key may be the one revoked).
@@ -65,6 +66,8 @@ class ApiKeys:
             created_at=datetime.now(UTC),
         )
         await self._store.add_api_key(record)
+        self._generation += 1  # a key-id read in flight must not drop the new key
+        self._live.add(record.id)
         return IssuedKey(record=record, key=key)
 
     async def list(self) -> list[ApiKeyRecord]:
@@ -87,7 +90,30 @@ class ApiKeys:
         self._generation += 1
         self._valid = {h: p for h, p in self._valid.items() if p.id != key_id}
         self._used.pop(key_id, None)
+        self._live.discard(key_id)
         return removed
+
+    def is_live(self, key_id: str) -> bool:
+        """Whether the API key with this id still exists (tokens minted under it live as long)."""
+        return key_id in self._live or (key_id == self._env_admin.id and self._admin_hash is not None)
+
+    @property
+    def generation(self) -> int:
+        """Changes with every revoke: read it before reading key ids from the store."""
+        return self._generation
+
+    def set_live(self, key_ids: set[str], generation: int) -> None:
+        """The stored key ids as read from the store (keys made or revoked by other instances),
+        unless a revoke ran here since `generation` was read (the read may predate it)."""
+        if generation == self._generation:
+            self._live = set(key_ids)
+
+    def recognizes(self, credential: str) -> bool:
+        """Last in the chain: whatever no other authenticator recognizes is tried as an API key."""
+        return True
+
+    async def authenticate(self, credential: str) -> Principal | None:
+        return await self.verify(credential)
 
     async def verify(self, presented: str) -> Principal | None:
         """The principal for a presented key, or None. Constant-time where a secret is compared."""
@@ -95,7 +121,7 @@ class ApiKeys:
             return None
         digest = hash_key(presented)
         if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
-            return _ENV_ADMIN
+            return self._env_admin
         cached = self._valid.get(digest)
         if cached is not None:
             self._used[cached.id] = time.time()
@@ -104,7 +130,7 @@ class ApiKeys:
         record = await self._store.find_api_key(digest)
         if record is None or not hmac.compare_digest(record.key_hash, digest):
             return None
-        principal = Principal(kind="api_key", id=record.id, name=record.name)
+        principal = Principal(kind="api_key", id=record.id, name=record.name, key_id=record.id)
         if generation == self._generation:
             self._valid[digest] = principal
         self._used[principal.id] = time.time()

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import mcp.types as types
 
-from proxy.auth.policy import Principal, allows, require
+from proxy.auth.policy import CALL, LIST, Principal, allows, require
 from proxy.directory import Directory
 from proxy.errors import JunctionError, NotFound, UpstreamError
 from proxy.gateway.names import NameMap, NameStyle, Ref
@@ -40,20 +40,28 @@ class Catalog:
         self._fanout_timeout = fanout_timeout
         self._maps: dict[str, NameMap] = {}
         self._map_signatures: dict[str, tuple[Any, ...]] = {}
-        self._lists: dict[tuple[str, str], tuple[Any, list[dict[str, Any]], bytes]] = {}
+        # (namespace, style, visible connection ids) -> (signature, tools, tools as JSON)
+        self._lists: dict[tuple[str, str, tuple[str, ...]], tuple[Any, list[dict[str, Any]], bytes]] = {}
         # Every change to a namespace or its connections invalidates what was derived from it.
         directory.subscribe(lambda namespace, _connection: self.forget(namespace))
 
-    async def visible(self, namespace: str, principal: Principal) -> list[ConnectionRecord]:
+    async def visible(
+        self, namespace: str, principal: Principal, rpc: dict[str, Any] | None = None
+    ) -> list[ConnectionRecord]:
+        """The connections whose tools `principal` may list. `rpc` is the MCP request asking
+        (None: not an MCP request, which constraints on MCP requests do not grant)."""
+        records = await self._directory.connections(namespace)
+        if principal.admin:
+            return records
         return [
-            r
-            for r in await self._directory.connections(namespace)
-            if allows(principal, "read", "connections", namespace, r.metadata or {})
+            r for r in records if allows(principal, LIST, "connections", namespace, r.metadata or {}, rpc)
         ]
 
-    async def gather(self, namespace: str, principal: Principal) -> list[ConnectionTools]:
+    async def gather(
+        self, namespace: str, principal: Principal, rpc: dict[str, Any] | None = None
+    ) -> list[ConnectionTools]:
         """Ask every visible connection for its tools at once; each has its own deadline."""
-        records = await self.visible(namespace, principal)
+        records = await self.visible(namespace, principal, rpc)
         results = [ConnectionTools(record=r) for r in records]
         missing: list[ConnectionTools] = []
         for item in results:
@@ -99,10 +107,21 @@ class Catalog:
         return name_map
 
     async def tool_dicts(
-        self, namespace: str, principal: Principal, style: NameStyle
+        self, namespace: str, principal: Principal, style: NameStyle, rpc: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:
         """Every visible tool under its exposed name, as JSON-ready dicts in a stable order (cached)."""
-        gathered = await self.gather(namespace, principal)
+        return (await self._listing(namespace, principal, style, rpc))[0]
+
+    async def tools_json(
+        self, namespace: str, principal: Principal, style: NameStyle, rpc: dict[str, Any] | None = None
+    ) -> bytes:
+        """`tool_dicts` already serialized as a JSON array (cached with it)."""
+        return (await self._listing(namespace, principal, style, rpc))[1]
+
+    async def _listing(
+        self, namespace: str, principal: Principal, style: NameStyle, rpc: dict[str, Any] | None
+    ) -> tuple[list[dict[str, Any]], bytes]:
+        gathered = await self.gather(namespace, principal, rpc)
         name_map = self._maps[namespace]
         signature = (
             self._map_signatures[namespace],
@@ -114,27 +133,21 @@ class Catalog:
                 for i in gathered
             ),
         )
-        cached = self._lists.get((namespace, style))
+        # Callers with different views (service tokens scoped by metadata) get their own entry.
+        key = (namespace, style, tuple(i.record.connection_id for i in gathered))
+        cached = self._lists.get(key)
         if cached is not None and cached[0] == signature:
-            return cached[1]
-        return self._render(namespace, style, signature, gathered, name_map)[0]
-
-    async def tools_json(self, namespace: str, principal: Principal, style: NameStyle) -> bytes:
-        """`tool_dicts` already serialized as a JSON array (cached with it)."""
-        tools = await self.tool_dicts(namespace, principal, style)
-        cached = self._lists[(namespace, style)]
-        if cached[1] is tools:
-            return cached[2]
-        return json.dumps(tools, separators=(",", ":")).encode()
+            return cached[1], cached[2]
+        return self._render(key, signature, gathered, name_map)
 
     def _render(
         self,
-        namespace: str,
-        style: NameStyle,
+        key: tuple[str, str, tuple[str, ...]],
         signature: Any,
         gathered: list[ConnectionTools],
         name_map: NameMap,
     ) -> tuple[list[dict[str, Any]], bytes]:
+        style = key[1]
         out: list[dict[str, Any]] = []
         for item in gathered:
             for tool in item.tools or ():
@@ -143,27 +156,37 @@ class Catalog:
                 out.append(data)
         out.sort(key=lambda t: t["name"])
         encoded = json.dumps(out, separators=(",", ":")).encode()
-        self._lists[(namespace, style)] = (signature, out, encoded)
+        if len(self._lists) > 10_000:  # many distinct views: start over rather than grow
+            self._lists.clear()
+        self._lists[key] = (signature, out, encoded)
         return out, encoded
 
-    async def tools(self, namespace: str, principal: Principal, style: NameStyle) -> list[types.Tool]:
+    async def tools(
+        self, namespace: str, principal: Principal, style: NameStyle, rpc: dict[str, Any] | None = None
+    ) -> list[types.Tool]:
         """Every visible tool of the namespace under its exposed name, in a stable order."""
-        return [types.Tool.model_validate(t) for t in await self.tool_dicts(namespace, principal, style)]
+        dicts = await self.tool_dicts(namespace, principal, style, rpc)
+        return [types.Tool.model_validate(t) for t in dicts]
 
-    async def resolve(self, namespace: str, principal: Principal, name: str) -> tuple[ConnectionRecord, str]:
-        """The connection and upstream tool behind an exposed name, in either form."""
+    async def resolve(
+        self, namespace: str, principal: Principal, name: str, rpc: dict[str, Any] | None = None
+    ) -> tuple[ConnectionRecord, str]:
+        """The connection and upstream tool behind an exposed name, in either form. A tool of a
+        connection the caller may not see fails exactly as a tool that does not exist."""
+        missing = NotFound(f"tool {name!r} not found in namespace {namespace!r}")
         ref = self._lookup(namespace, name)
         if ref is None:
             # After a restart or a change nobody listed yet: list (cached where possible) and look again.
-            await self.gather(namespace, principal)
+            await self.gather(namespace, principal, rpc)
             ref = self._lookup(namespace, name)
         if ref is None:
-            raise NotFound(f"tool {name!r} not found in namespace {namespace!r}")
+            raise missing
         try:
             record = await self._directory.connection(namespace, ref[0])
+            if not principal.admin:
+                require(principal, CALL, "connections", namespace, record.metadata or {}, rpc)
         except NotFound as exc:
-            raise NotFound(f"tool {name!r} not found in namespace {namespace!r}") from exc
-        require(principal, "execute", "connections", namespace, record.metadata or {})
+            raise missing from exc
         return record, ref[1]
 
     def _lookup(self, namespace: str, name: str) -> Ref | None:
@@ -179,10 +202,12 @@ class Catalog:
         *,
         meta: dict[str, Any] | None = None,
         notify: NotificationSink | None = None,
+        rpc: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Call a tool by its exposed name; the upstream's raw result object. `meta` and `notify`
-        carry a caller's progress token there and its progress back."""
-        record, tool = await self.resolve(namespace, principal, name)
+        carry a caller's progress token there and its progress back; `rpc` is the caller's MCP
+        request, for the policy."""
+        record, tool = await self.resolve(namespace, principal, name, rpc)
         return await self._directory.upstream_for(record).call_tool(tool, arguments, meta=meta, notify=notify)
 
     def forget(self, namespace: str) -> None:

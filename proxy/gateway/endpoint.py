@@ -28,6 +28,7 @@ log = logging.getLogger("junction.gateway")
 
 NAMESPACE_KEY = "junction.namespace"
 PRINCIPAL_KEY = "junction.principal"
+RPC_KEY = "junction.rpc"  # the JSON-RPC request as sent, for a service token's rpcReqMatch
 
 
 def _caller(ctx: ServerRequestContext[Any, Any]) -> tuple[str, Principal, Request]:
@@ -35,6 +36,10 @@ def _caller(ctx: ServerRequestContext[Any, Any]) -> tuple[str, Principal, Reques
     if not isinstance(request, Request) or NAMESPACE_KEY not in request.scope:
         raise MCPError(-32600, "this server is only reachable through /mcp/{namespace}")
     return request.scope[NAMESPACE_KEY], request.scope[PRINCIPAL_KEY], request
+
+
+def _rpc(request: Request) -> dict[str, Any] | None:
+    return request.scope.get(RPC_KEY)  # type: ignore[no-any-return]
 
 
 def _client_name(ctx: ServerRequestContext[Any, Any]) -> str | None:
@@ -56,10 +61,11 @@ async def call_for_mcp(
     *,
     meta: dict[str, Any] | None = None,
     notify: NotificationSink | None = None,
+    rpc: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A `tools/call` result for MCP clients: upstream failures become readable tool errors."""
     try:
-        return await catalog.call(namespace, principal, name, arguments, meta=meta, notify=notify)
+        return await catalog.call(namespace, principal, name, arguments, meta=meta, notify=notify, rpc=rpc)
     except NotFound as exc:
         raise MCPError(-32602, exc.message) from exc
     except UpstreamError as exc:
@@ -86,13 +92,13 @@ def build_namespace_server(directory: Directory, catalog: Catalog, settings: Set
         style = choose_style(
             request.query_params.get("tool_names"), record.tool_names, settings.tool_names, _client_name(ctx)
         )
-        tools = await catalog.tools(namespace, principal, style)
+        tools = await catalog.tools(namespace, principal, style, _rpc(request))
         return types.ListToolsResult(tools=tools)
 
     async def call_tool(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        namespace, principal, _ = _caller(ctx)
+        namespace, principal, request = _caller(ctx)
         answered = False
         raw_meta: Any = ctx.meta or {}
         token = raw_meta.get("progressToken", raw_meta.get("progress_token"))
@@ -112,7 +118,14 @@ def build_namespace_server(directory: Directory, catalog: Catalog, settings: Set
         meta = {"progressToken": token} if token is not None else None
         try:
             result = await call_for_mcp(
-                catalog, namespace, principal, params.name, params.arguments, meta=meta, notify=notify
+                catalog,
+                namespace,
+                principal,
+                params.name,
+                params.arguments,
+                meta=meta,
+                notify=notify,
+                rpc=_rpc(request),
             )
         finally:
             answered = True

@@ -30,7 +30,7 @@ from proxy._sdk import live_sessions, session_owner
 from proxy.auth.policy import Principal
 from proxy.directory import Directory
 from proxy.gateway.catalog import Catalog
-from proxy.gateway.endpoint import call_for_mcp
+from proxy.gateway.endpoint import RPC_KEY, call_for_mcp
 from proxy.gateway.names import choose_style
 from proxy.settings import Settings
 
@@ -186,7 +186,7 @@ class ToolCallFastPath:
                 status = 200
             await self._respond(send, data, era, headers, status=status)
             return True
-        await self._call(headers, message, era, namespace, principal, receive, send)
+        await self._call(headers, message, era, namespace, principal, receive, send, scope.get(RPC_KEY))
         return True
 
     async def _respond(
@@ -235,6 +235,7 @@ class ToolCallFastPath:
         principal: Principal,
         receive: Receive,
         send: Send,
+        rpc: dict[str, Any] | None,
     ) -> None:
         params = request.params
         token = _progress_token(params)
@@ -297,6 +298,7 @@ class ToolCallFastPath:
                 params.get("arguments"),
                 meta=meta,
                 notify=relay if token is not None else None,
+                rpc=rpc,
             )
             running.done = True
             shaped = wire.modern_result(raw, SERVER_INFO) if era == "modern" else wire.legacy_result(raw)
@@ -353,7 +355,7 @@ class ToolCallFastPath:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         requested = query.get("tool_names", [None])[0]
         style = choose_style(requested, record.tool_names, self._settings.tool_names, client_name)
-        tools = await self._catalog.tools_json(namespace, principal, style)
+        tools = await self._catalog.tools_json(namespace, principal, style, scope.get(RPC_KEY))
         extra = _MODERN_LIST_EXTRA if era == "modern" else b""
         prefix = b'{"jsonrpc":"2.0","id":' + json.dumps(request.id).encode() + b',"result":{"tools":'
         return prefix + tools + extra + b"}}"

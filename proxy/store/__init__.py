@@ -1,6 +1,21 @@
-"""Durable state: namespaces, connections, API keys. SQLite by default."""
+"""Durable state: namespaces, connections, API keys, service tokens. SQLite by default."""
 
-from proxy.store._models import ApiKeyRecord, ConnectionRecord, NamespaceRecord
+from proxy.store._models import (
+    ApiKeyRecord,
+    ConnectionRecord,
+    NamespaceRecord,
+    ServiceTokenRecord,
+    SigningKeyRecord,
+)
 from proxy.store._sql import SqlStore, Store, open_store
 
-__all__ = ["ApiKeyRecord", "ConnectionRecord", "NamespaceRecord", "SqlStore", "Store", "open_store"]
+__all__ = [
+    "ApiKeyRecord",
+    "ConnectionRecord",
+    "NamespaceRecord",
+    "ServiceTokenRecord",
+    "SigningKeyRecord",
+    "SqlStore",
+    "Store",
+    "open_store",
+]

@@ -39,3 +39,26 @@ class ApiKeyRecord:
     prefix: str
     created_at: datetime
     last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SigningKeyRecord:
+    kid: str
+    private_sealed: str = field(repr=False)
+    public_pem: str
+    created_at: datetime
+    retired_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ServiceTokenRecord:
+    """A minted service token, without its secret (the signed token itself is never stored)."""
+
+    id: str
+    key_id: str
+    parent_id: str | None
+    ancestors: tuple[str, ...]
+    policy: list[dict[str, Any]]
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None = None

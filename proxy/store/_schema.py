@@ -50,7 +50,32 @@ api_keys = sa.Table(
     sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
 )
 
+signing_keys = sa.Table(
+    "signing_keys",
+    metadata,
+    sa.Column("kid", sa.String(32), primary_key=True),
+    # The Ed25519 private key, sealed by the vault (bound to this kid); the public key in the clear.
+    sa.Column("private_sealed", sa.Text, nullable=False),
+    sa.Column("public_pem", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+service_tokens = sa.Table(
+    "service_tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("key_id", sa.String(64), nullable=False, index=True),
+    sa.Column("parent_id", sa.String(32), nullable=True),
+    sa.Column("ancestors", sa.JSON, nullable=False),  # ids of every token above it, root first
+    sa.Column("policy", sa.JSON, nullable=False),  # this level's constraints (claims)
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True, index=True),
+)
+
 # Each migration is a list of tables created at that version; later versions add ALTERs here.
 MIGRATIONS: list[list[sa.Table]] = [
     [namespaces, connections, api_keys],
+    [signing_keys, service_tokens],
 ]

@@ -13,7 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from proxy.errors import ConfigError
 from proxy.store import _schema as t
-from proxy.store._models import ApiKeyRecord, ConnectionRecord, NamespaceRecord
+from proxy.store._models import (
+    ApiKeyRecord,
+    ConnectionRecord,
+    NamespaceRecord,
+    ServiceTokenRecord,
+    SigningKeyRecord,
+)
 
 
 class Store(Protocol):
@@ -22,7 +28,9 @@ class Store(Protocol):
     async def close(self) -> None: ...
     async def create_namespace(self, name: str, tool_names: str = "auto") -> tuple[NamespaceRecord, bool]: ...
     async def get_namespace(self, name: str) -> NamespaceRecord | None: ...
-    async def list_namespaces(self, offset: int, limit: int) -> tuple[list[NamespaceRecord], int]: ...
+    async def list_namespaces(
+        self, offset: int, limit: int, names: frozenset[str] | None = None
+    ) -> tuple[list[NamespaceRecord], int]: ...
     async def set_namespace_tool_names(self, name: str, tool_names: str) -> None: ...
     async def delete_namespace(self, name: str) -> bool: ...
     async def list_connections(self, namespace: str) -> list[ConnectionRecord]: ...
@@ -38,6 +46,14 @@ class Store(Protocol):
     async def delete_api_key(self, key_id: str) -> bool: ...
     async def touch_api_keys(self, used: Mapping[str, datetime]) -> None: ...
     async def sealed_headers(self) -> list[tuple[str, str, str]]: ...
+    async def api_key_ids(self) -> set[str]: ...
+    async def add_signing_key(self, record: SigningKeyRecord) -> None: ...
+    async def signing_keys(self) -> list[SigningKeyRecord]: ...
+    async def retire_signing_keys(self, before: datetime, when: datetime) -> None: ...
+    async def add_service_token(self, record: ServiceTokenRecord) -> None: ...
+    async def service_tokens(self, key_id: str, live_at: datetime) -> list[ServiceTokenRecord]: ...
+    async def revoke_service_token(self, token_id: str, when: datetime) -> bool: ...
+    async def revocations(self, since: datetime) -> list[tuple[str, datetime]]: ...
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -116,11 +132,17 @@ class SqlStore:
             row = (await conn.execute(sa.select(t.namespaces).where(t.namespaces.c.name == name))).first()
             return _namespace(row) if row is not None else None
 
-    async def list_namespaces(self, offset: int, limit: int) -> tuple[list[NamespaceRecord], int]:
+    async def list_namespaces(
+        self, offset: int, limit: int, names: frozenset[str] | None = None
+    ) -> tuple[list[NamespaceRecord], int]:
+        """A page of namespaces (only those in `names`, when given) and how many there are."""
+        where = t.namespaces.c.name.in_(sorted(names)) if names is not None else sa.true()
         async with self._engine.connect() as conn:
-            total = (await conn.execute(sa.select(sa.func.count()).select_from(t.namespaces))).scalar() or 0
+            total = (
+                await conn.execute(sa.select(sa.func.count()).select_from(t.namespaces).where(where))
+            ).scalar() or 0
             rows = await conn.execute(
-                sa.select(t.namespaces).order_by(t.namespaces.c.name).offset(offset).limit(limit)
+                sa.select(t.namespaces).where(where).order_by(t.namespaces.c.name).offset(offset).limit(limit)
             )
             return [_namespace(r) for r in rows], int(total)
 
@@ -252,6 +274,106 @@ class SqlStore:
                 .order_by(c.namespace, c.connection_id)
             )
             return [(r.namespace, r.connection_id, r.headers_ciphertext) for r in rows]
+
+    async def api_key_ids(self) -> set[str]:
+        async with self._engine.connect() as conn:
+            return {r.id for r in await conn.execute(sa.select(t.api_keys.c.id))}
+
+    # token signing keys
+    async def add_signing_key(self, record: SigningKeyRecord) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                sa.insert(t.signing_keys).values(
+                    kid=record.kid,
+                    private_sealed=record.private_sealed,
+                    public_pem=record.public_pem,
+                    created_at=record.created_at,
+                    retired_at=record.retired_at,
+                )
+            )
+
+    async def signing_keys(self) -> list[SigningKeyRecord]:
+        """Every signing key, newest first."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(sa.select(t.signing_keys).order_by(t.signing_keys.c.created_at.desc()))
+            return [
+                SigningKeyRecord(
+                    kid=r.kid,
+                    private_sealed=r.private_sealed,
+                    public_pem=r.public_pem,
+                    created_at=_utc(r.created_at),  # type: ignore[arg-type]
+                    retired_at=_utc(r.retired_at),
+                )
+                for r in rows
+            ]
+
+    async def retire_signing_keys(self, before: datetime, when: datetime) -> None:
+        """Mark every key created before `before` (and not yet retired) as retired at `when`."""
+        k = t.signing_keys.c
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                sa.update(t.signing_keys)
+                .where(k.created_at < before, k.retired_at.is_(None))
+                .values(retired_at=when)
+            )
+
+    # service tokens
+    async def add_service_token(self, record: ServiceTokenRecord) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                sa.insert(t.service_tokens).values(
+                    id=record.id,
+                    key_id=record.key_id,
+                    parent_id=record.parent_id,
+                    ancestors=list(record.ancestors),
+                    policy=record.policy,
+                    created_at=record.created_at,
+                    expires_at=record.expires_at,
+                    revoked_at=record.revoked_at,
+                )
+            )
+
+    async def service_tokens(self, key_id: str, live_at: datetime) -> list[ServiceTokenRecord]:
+        """The tokens minted under an API key that are neither expired at `live_at` nor revoked."""
+        c = t.service_tokens.c
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(t.service_tokens)
+                .where(c.key_id == key_id, c.expires_at > live_at, c.revoked_at.is_(None))
+                .order_by(c.created_at, c.id)
+            )
+            return [
+                ServiceTokenRecord(
+                    id=r.id,
+                    key_id=r.key_id,
+                    parent_id=r.parent_id,
+                    ancestors=tuple(r.ancestors or ()),
+                    policy=r.policy,
+                    created_at=_utc(r.created_at),  # type: ignore[arg-type]
+                    expires_at=_utc(r.expires_at),  # type: ignore[arg-type]
+                    revoked_at=_utc(r.revoked_at),
+                )
+                for r in rows
+            ]
+
+    async def revoke_service_token(self, token_id: str, when: datetime) -> bool:
+        c = t.service_tokens.c
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(t.service_tokens)
+                .where(c.id == token_id, c.revoked_at.is_(None))
+                .values(revoked_at=when)
+            )
+            return result.rowcount > 0
+
+    async def revocations(self, since: datetime) -> list[tuple[str, datetime]]:
+        """(token id, expiry) of the tokens revoked at or after `since` that have not yet expired."""
+        c = t.service_tokens.c
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(c.id, c.expires_at).where(c.revoked_at >= since, c.expires_at > since)
+            )
+            return [(r.id, _utc(r.expires_at)) for r in rows]  # type: ignore[misc]
 
 
 async def open_store(database_url: str) -> SqlStore:
