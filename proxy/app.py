@@ -288,7 +288,13 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 file=sys.stderr,
                 flush=True,
             )
-        service_tokens = ServiceTokens(store, vault, api_keys, issuer=settings.effective_public_url)
+        service_tokens = ServiceTokens(
+            store,
+            vault,
+            api_keys,
+            issuer=settings.effective_public_url,
+            sync_interval=settings.token_sync_interval,
+        )
         await service_tokens.load()
         async with anyio.create_task_group() as tg:
             pool = ConnectionPool(

@@ -49,6 +49,7 @@ class Settings:
     listing_failure_ttl: float = 5.0
     max_legacy_sessions: int = 10_000
     stream_keepalive: float = 15.0
+    token_sync_interval: float = 2.0
     tool_names: str = "auto"
     log_level: str = "info"
     access_log: bool = False
@@ -73,6 +74,7 @@ class Settings:
             "fanout_timeout",
             "session_idle_timeout",
             "stream_keepalive",
+            "token_sync_interval",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

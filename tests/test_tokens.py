@@ -415,3 +415,55 @@ def test_policy_validation_errors_are_clear(gateway: Gateway) -> None:
             assert response.status_code == 400, (body, response.text)
             assert response.json()["error"] == "validation_error" and response.json()["message"]
         assert admin.get("/tokens").json() == {"tokens": []}
+
+
+# --- several instances sharing one database ------------------------------------------------------------
+
+
+def test_revocation_and_key_rotation_reach_another_instance_within_seconds(start_gateway, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    shared = {
+        "JUNCTION_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}",
+        "JUNCTION_MASTER_KEY": base64.b64encode(b"k" * 32).decode(),
+        "JUNCTION_PUBLIC_URL": "https://gateway.example.com",  # one public URL behind a balancer
+        "JUNCTION_ADMIN_KEY": "shared-admin-key-" + "x" * 24,
+        "JUNCTION_TOKEN_SYNC_INTERVAL": "0.5",
+    }
+    a = start_gateway(**shared)
+    b = start_gateway(**shared)
+    with a.client() as admin:
+        assert admin.put("/namespaces/app").status_code == 201
+        key = admin.post("/keys", json={"name": "backend"}).json()
+    with as_token(a, key["key"]) as backend:
+        first = mint(backend, {"namespaces": "app"})
+        second = mint(backend, {"namespaces": "app"})
+
+    def refused_on_b(token: str, within: float = 5.0) -> float:
+        started = time.monotonic()
+        with as_token(b, token) as client:
+            while client.get("/app").status_code == 200:
+                assert time.monotonic() - started < within, "still accepted on the other instance"
+                time.sleep(0.05)
+        return time.monotonic() - started
+
+    with as_token(b, first) as client:
+        assert client.get("/app").status_code == 200  # verified on B without asking A
+    with a.client() as admin:
+        assert admin.delete(f"/tokens/{_jti(first)}").status_code == 200
+    with as_token(a, first) as client:
+        assert client.get("/app").status_code == 401  # at once where it was revoked
+    assert refused_on_b(first) < 3.0
+    with as_token(b, second) as client:
+        assert client.get("/app").status_code == 200
+    # Rotating the signing key on A: tokens signed before still verify on both, new ones too.
+    with a.client() as admin:
+        assert admin.post("/tokens/signing-key").status_code == 200
+    with as_token(a, key["key"]) as backend:
+        third = mint(backend, {"namespaces": "app"})
+    for gateway in (a, b):
+        for token in (second, third):
+            with as_token(gateway, token) as client:
+                assert client.get("/app").status_code == 200
+    # Revoking the API key on A ends its tokens on B within seconds.
+    with a.client() as admin:
+        assert admin.delete(f"/keys/{key['id']}").status_code == 200
+    assert refused_on_b(third) < 3.0

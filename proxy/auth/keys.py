@@ -97,6 +97,17 @@ class ApiKeys:
         """Whether the API key with this id still exists (tokens minted under it live as long)."""
         return key_id in self._live or (key_id == self._env_admin.id and self._admin_hash is not None)
 
+    async def confirm_live(self, key_id: str) -> bool:
+        """Ask the store about a key id this instance does not know (made by another instance
+        since the last sync); remember it when it exists."""
+        generation = self._generation
+        if not key_id or not await self._store.has_api_key(key_id):
+            return False
+        if generation != self._generation:
+            return False  # revoked here meanwhile, or ids changed: the next sync decides
+        self._live.add(key_id)
+        return True
+
     @property
     def generation(self) -> int:
         """Changes with every revoke: read it before reading key ids from the store."""

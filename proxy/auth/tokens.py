@@ -14,6 +14,7 @@ expired (24 h at most).
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class ServiceTokens:
         self._signing: tuple[str, Ed25519PrivateKey] | None = None
         self._revoked: dict[str, float] = {}  # token id -> its expiry (forgotten after it)
         self._cache: dict[str, Principal] = {}
+        self._asked: dict[str, float] = {}  # unknown key id -> when the store was last asked
         self._synced_at = datetime.now(UTC)
         self._reloaded_at = 0.0
 
@@ -155,13 +157,22 @@ class ServiceTokens:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
             self._cache[credential] = principal
-        return principal if self._alive(principal) else None
+        if time.time() >= principal.expires_at or any(t in self._revoked for t in principal.token_ids):
+            return None
+        if not self._keys.is_live(principal.key_id) and not await self._unknown_key(principal.key_id):
+            return None
+        return principal
 
-    def _alive(self, principal: Principal) -> bool:
-        if time.time() >= principal.expires_at or not self._keys.is_live(principal.key_id):
+    async def _unknown_key(self, key_id: str) -> bool:
+        """A key this instance does not know may have been made on another one since the last
+        sync: ask the store, at most once per sync interval for each such key."""
+        now = time.monotonic()
+        if now - self._asked.get(key_id, -math.inf) < self._sync_interval:
             return False
-        revoked = self._revoked
-        return not any(token_id in revoked for token_id in principal.token_ids)
+        if len(self._asked) > 10_000:
+            self._asked.clear()
+        self._asked[key_id] = now
+        return await self._keys.confirm_live(key_id)
 
     async def _verify(self, credential: str) -> Principal | None:
         try:
@@ -241,16 +252,19 @@ class ServiceTokens:
         return [r for r in records if self._under(caller, r) and r.id not in self._revoked]
 
     async def revoke(self, caller: Principal, token_id: str) -> None:
-        """Revoke a token (and so every token minted from it) the caller may see; 404 otherwise."""
-        records = await self._store.service_tokens(caller.key_id, datetime.now(UTC))
-        record = next((r for r in records if r.id == token_id), None)
-        if record is None or not (self._under(caller, record) or record.id == caller.id):
+        """Revoke a token (and so every token minted from it). An admin API key may revoke any
+        live token; a service token itself and those minted from it. 404 otherwise."""
+        record = await self._store.service_token(token_id) if len(token_id) <= 64 else None
+        if record is None or record.revoked_at is not None or record.expires_at <= datetime.now(UTC):
+            raise NotFound(f"token {token_id[:64]!r} not found")
+        if caller.kind != "api_key" and record.id != caller.id and caller.id not in record.ancestors:
             raise NotFound(f"token {token_id[:64]!r} not found")
         await self._store.revoke_service_token(token_id, datetime.now(UTC))
         self._revoked[token_id] = record.expires_at.timestamp()
 
     @staticmethod
     def _under(caller: Principal, record: ServiceTokenRecord) -> bool:
+        """Listed for the caller: everything its API key minted, or what a token minted below it."""
         return caller.kind == "api_key" or caller.id in record.ancestors
 
 

@@ -47,11 +47,13 @@ class Store(Protocol):
     async def touch_api_keys(self, used: Mapping[str, datetime]) -> None: ...
     async def sealed_headers(self) -> list[tuple[str, str, str]]: ...
     async def api_key_ids(self) -> set[str]: ...
+    async def has_api_key(self, key_id: str) -> bool: ...
     async def add_signing_key(self, record: SigningKeyRecord) -> None: ...
     async def signing_keys(self) -> list[SigningKeyRecord]: ...
     async def retire_signing_keys(self, before: datetime, when: datetime) -> None: ...
     async def add_service_token(self, record: ServiceTokenRecord) -> None: ...
     async def service_tokens(self, key_id: str, live_at: datetime) -> list[ServiceTokenRecord]: ...
+    async def service_token(self, token_id: str) -> ServiceTokenRecord | None: ...
     async def revoke_service_token(self, token_id: str, when: datetime) -> bool: ...
     async def revocations(self, since: datetime) -> list[tuple[str, datetime]]: ...
 
@@ -91,6 +93,19 @@ def _api_key(row: sa.Row[Any]) -> ApiKeyRecord:
         prefix=row.prefix,
         created_at=_utc(row.created_at),  # type: ignore[arg-type]
         last_used_at=_utc(row.last_used_at),
+    )
+
+
+def _service_token(row: sa.Row[Any]) -> ServiceTokenRecord:
+    return ServiceTokenRecord(
+        id=row.id,
+        key_id=row.key_id,
+        parent_id=row.parent_id,
+        ancestors=tuple(row.ancestors or ()),
+        policy=row.policy,
+        created_at=_utc(row.created_at),  # type: ignore[arg-type]
+        expires_at=_utc(row.expires_at),  # type: ignore[arg-type]
+        revoked_at=_utc(row.revoked_at),
     )
 
 
@@ -279,6 +294,11 @@ class SqlStore:
         async with self._engine.connect() as conn:
             return {r.id for r in await conn.execute(sa.select(t.api_keys.c.id))}
 
+    async def has_api_key(self, key_id: str) -> bool:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sa.select(t.api_keys.c.id).where(t.api_keys.c.id == key_id))).first()
+            return row is not None
+
     # token signing keys
     async def add_signing_key(self, record: SigningKeyRecord) -> None:
         async with self._engine.begin() as conn:
@@ -342,19 +362,13 @@ class SqlStore:
                 .where(c.key_id == key_id, c.expires_at > live_at, c.revoked_at.is_(None))
                 .order_by(c.created_at, c.id)
             )
-            return [
-                ServiceTokenRecord(
-                    id=r.id,
-                    key_id=r.key_id,
-                    parent_id=r.parent_id,
-                    ancestors=tuple(r.ancestors or ()),
-                    policy=r.policy,
-                    created_at=_utc(r.created_at),  # type: ignore[arg-type]
-                    expires_at=_utc(r.expires_at),  # type: ignore[arg-type]
-                    revoked_at=_utc(r.revoked_at),
-                )
-                for r in rows
-            ]
+            return [_service_token(r) for r in rows]
+
+    async def service_token(self, token_id: str) -> ServiceTokenRecord | None:
+        c = t.service_tokens.c
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sa.select(t.service_tokens).where(c.id == token_id))).first()
+            return _service_token(row) if row is not None else None
 
     async def revoke_service_token(self, token_id: str, when: datetime) -> bool:
         c = t.service_tokens.c
