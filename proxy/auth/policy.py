@@ -175,7 +175,11 @@ def require(
     404 as a missing one. One it may see but not act on this way is a 403."""
     if allows(principal, operation, resource, namespace, metadata, rpc):
         return
-    if resource == "connections" and metadata is not ANY and not visible(principal, namespace, metadata):
+    if (
+        resource == "connections"
+        and isinstance(metadata, Mapping)
+        and not visible(principal, namespace, metadata)
+    ):
         raise NotFound.connection(namespace, connection_id)
     ops = operation if isinstance(operation, str) else " or ".join(operation)
     if rpc is not None and rpc is not ANY:

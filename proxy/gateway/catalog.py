@@ -41,7 +41,9 @@ class Catalog:
         self._maps: dict[str, NameMap] = {}
         self._map_signatures: dict[str, tuple[Any, ...]] = {}
         # (namespace, style, visible connection ids) -> (signature, tools, tools as JSON)
-        self._lists: dict[tuple[str, str, tuple[str, ...]], tuple[Any, list[dict[str, Any]], bytes]] = {}
+        self._lists: dict[
+            tuple[str, NameStyle, tuple[str, ...]], tuple[Any, list[dict[str, Any]], bytes]
+        ] = {}
         # Every change to a namespace or its connections invalidates what was derived from it.
         directory.subscribe(lambda namespace, _connection: self.forget(namespace))
 
@@ -142,7 +144,7 @@ class Catalog:
 
     def _render(
         self,
-        key: tuple[str, str, tuple[str, ...]],
+        key: tuple[str, NameStyle, tuple[str, ...]],
         signature: Any,
         gathered: list[ConnectionTools],
         name_map: NameMap,
