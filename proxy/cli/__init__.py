@@ -14,6 +14,7 @@ from proxy.cli._connections import mcp
 from proxy.cli._errors import CliError
 from proxy.cli._keys import keys
 from proxy.cli._namespaces import namespace
+from proxy.cli._tokens import mint_token, tokens
 from proxy.cli._tools import tool
 
 __all__ = ["cli", "main"]
@@ -27,8 +28,8 @@ NO_ARGS_IS_HELP: type[click.UsageError] = getattr(click.exceptions, "NoArgsIsHel
 def cli() -> None:
     """mcp-junction: many MCP servers behind one gateway.
 
-    Commands other than `serve` talk to the gateway's REST API with the key stored by
-    `junction auth login`; $JUNCTION_URL and $JUNCTION_API_KEY override it.
+    Commands other than `serve` talk to the gateway's REST API with the API key or service token
+    stored by `junction auth login`; $JUNCTION_URL and $JUNCTION_API_KEY override it.
     """
 
 
@@ -51,7 +52,8 @@ def serve(host: str | None, port: int | None, config_file: str | None) -> None:
     run(settings)
 
 
-for group in (auth, keys, namespace, mcp, tool):
+auth.add_command(mint_token)
+for group in (auth, keys, tokens, namespace, mcp, tool):
     cli.add_command(group)
 
 

@@ -1,4 +1,4 @@
-"""`junction auth`: store, show and forget the API key used by the other commands."""
+"""`junction auth`: store, show and forget the API key (or service token) used by the other commands."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import click
 
 from proxy.cli._client import Api
 from proxy.cli._config import DEFAULT_URL, gateway_url, load_config, save_config
-from proxy.cli._errors import ApiError, CliError
+from proxy.cli._errors import CliError, CredentialRejected, PermissionDenied
 from proxy.cli._options import json_option
 from proxy.cli._output import emit_json
 
@@ -20,18 +20,21 @@ def auth() -> None:
 
 @auth.command("login")
 @click.option("--url", help=f"Gateway URL (default $JUNCTION_URL, the stored one, or {DEFAULT_URL}).")
-@click.option("--key", help="API key (default: prompted for, or read from stdin when it is not a terminal).")
+@click.option(
+    "--key",
+    help="API key or service token (default: prompted for, or read from stdin when it is not a terminal).",
+)
 @json_option
 def login(url: str | None, key: str | None, as_json: bool) -> None:
-    """Check an API key against the gateway and store it (mode 0600) for later commands."""
+    """Check an API key or service token against the gateway and store it (mode 0600) for later commands."""
     url = gateway_url(url)
     key = key or read_key()
     try:
         Api(url, key).get("/namespaces", {"pageSize": 1})
-    except ApiError as exc:
-        if exc.status == 401:
-            raise CliError(f"invalid API key for {url}") from exc
-        raise
+    except CredentialRejected as exc:
+        raise CliError(f"invalid API key for {url}") from exc
+    except PermissionDenied:
+        pass  # a valid credential whose policy does not cover namespaces (a scoped service token)
     stored = load_config()
     if stored.get("url") != url:
         stored.pop("namespace", None)  # it named a namespace of another gateway

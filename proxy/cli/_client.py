@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from proxy.cli._config import api_key, connect_wait, gateway_url
-from proxy.cli._errors import ApiError, CliError
+from proxy.cli._config import connect_wait, credential, gateway_url
+from proxy.cli._errors import ApiError, CliError, CredentialRejected, PermissionDenied
 
 TIMEOUT = 30.0
 CALL_TIMEOUT = 620.0  # tool calls may legitimately run for minutes
@@ -44,15 +44,17 @@ def _refused(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class Api:
-    """REST calls to the gateway at `url`, authorised with `key`."""
+    """REST calls to the gateway at `url`, authorised with `key` (an API key or a service token)."""
 
     url: str
     key: str
+    key_origin: str | None = None  # how a refused key is named to the user
 
     @classmethod
     def from_env(cls) -> Api:
         """The stored login, with `$JUNCTION_URL` and `$JUNCTION_API_KEY` taking precedence."""
-        return cls(gateway_url(), api_key())
+        key, origin = credential()
+        return cls(gateway_url(), key, origin)
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return self.request("GET", path, params=params)
@@ -99,16 +101,20 @@ class Api:
         except ValueError:
             body = None
         if response.status_code >= 400:
-            raise _api_error(response.status_code, body)
+            raise _api_error(response.status_code, body, self.key_origin)
         if not isinstance(body, dict):
             raise CliError(f"the gateway at {self.url} answered {method} {path} with something unexpected")
         return body
 
 
-def _api_error(status: int, body: Any) -> ApiError:
+def _api_error(status: int, body: Any, key_origin: str | None) -> ApiError:
     code = body.get("error") if isinstance(body, dict) else None
     message = body.get("message") if isinstance(body, dict) else None
     code = code if isinstance(code, str) else None
     if not isinstance(message, str) or not message:
         message = code.replace("_", " ") if code else "the gateway refused the request"
+    if status == 401:
+        return CredentialRejected(message, status, code, key_origin)
+    if status == 403:
+        return PermissionDenied(message, status, code)
     return ApiError(message, status, code)

@@ -79,12 +79,18 @@ def connect_wait() -> float:
     return seconds
 
 
-def api_key() -> str:
-    """`$JUNCTION_API_KEY`, then the stored key."""
-    key = os.environ.get("JUNCTION_API_KEY") or load_config().get("apiKey")
+def credential() -> tuple[str, str]:
+    """The bearer to send, `$JUNCTION_API_KEY` then the stored one, and how to name it in errors.
+
+    It is an API key or a service token, sent as given: the gateway alone tells them apart.
+    """
+    key = os.environ.get("JUNCTION_API_KEY")
+    if key:
+        return key, "the credential in $JUNCTION_API_KEY"
+    key = load_config().get("apiKey")
     if not key:
         raise CliError("no API key: run `junction auth login` or set JUNCTION_API_KEY")
-    return str(key)
+    return str(key), "the stored credential"
 
 
 def current_namespace(option: str | None) -> str:

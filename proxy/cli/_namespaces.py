@@ -9,7 +9,7 @@ import click
 
 from proxy.cli._client import Api, segment
 from proxy.cli._config import current_namespace, load_config, save_config
-from proxy.cli._errors import CliError
+from proxy.cli._errors import CliError, PermissionDenied
 from proxy.cli._options import json_option
 from proxy.cli._output import emit_json, table
 
@@ -133,7 +133,12 @@ def delete_namespace(name: str, yes: bool, as_json: bool) -> None:
 @json_option
 def use_namespace(name: str, as_json: bool) -> None:
     """Make NAME the namespace of later commands."""
-    if name not in {n["name"] for n in all_namespaces(Api.from_env())}:
+    try:
+        known: set[str] | None = {n["name"] for n in all_namespaces(Api.from_env())}
+    except PermissionDenied:
+        known = None  # a service token scoped to connections may use a namespace it cannot list
+        click.echo(f"warning: this credential may not list namespaces; {name} is not checked", err=True)
+    if known is not None and name not in known:
         raise CliError(
             f"namespace {name!r} does not exist; create it with `junction namespace create {name}`"
         )

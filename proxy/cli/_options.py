@@ -26,19 +26,24 @@ def json_object(value: str | None, what: str) -> dict[str, Any] | None:
     """
     if value is None:
         return None
+    parsed, source = json_value(value, what, EXAMPLE)
+    if not isinstance(parsed, dict):
+        raise click.UsageError(f"{what}{source} must be a JSON object; {EXAMPLE}")
+    return parsed
+
+
+def json_value(value: str, what: str, example: str) -> tuple[Any, str]:
+    """Any JSON value given as `json_object` takes it, and where it came from (for messages)."""
     source = ""
     if value == "-" or value.startswith("@"):
         source = " (from stdin)" if value in ("-", "@-") else f" (from {value[1:]})"
         value = _read_source(value, what)
     try:
-        parsed = json.loads(value)
+        return json.loads(value), source
     except json.JSONDecodeError as exc:
         raise click.UsageError(
-            f"{what}{source} is not valid JSON ({exc.msg} at character {exc.pos}); {EXAMPLE}"
+            f"{what}{source} is not valid JSON ({exc.msg} at character {exc.pos}); {example}"
         ) from exc
-    if not isinstance(parsed, dict):
-        raise click.UsageError(f"{what}{source} must be a JSON object; {EXAMPLE}")
-    return parsed
 
 
 def _read_source(value: str, what: str) -> str:
