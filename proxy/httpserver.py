@@ -24,6 +24,9 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
+LINGER_SECONDS = 2.0  # how long a refused connection is drained before it is closed
+
+
 class _HeadHoldingTransport:
     """Wraps a transport; holds a response head until the next write or the end of the loop turn."""
 
@@ -80,6 +83,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     _head_bytes = 0
     _last_read = 0
     _head_refused = False
+    _draining = False
 
     @classmethod
     def with_head_limit(cls, max_head_bytes: int) -> type[GatewayHttpProtocol]:
@@ -92,6 +96,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's data_received, plus the head count and the 431 answer.
+        if self._draining:
+            return  # the rest of a refused head: read and dropped until the client closes
         self._last_read = len(data)
         if self._head_bytes >= 0:
             self._head_bytes += len(data)
@@ -148,4 +154,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             b"content-length: " + str(len(body)).encode() + b"\r\n"
             b"connection: close\r\n\r\n" + body
         )
-        self.transport.close()
+        # Lingering close: closing with unread bytes would send a reset that can reach the client
+        # before it reads the 431. Stop writing, drop what still arrives, close after a grace period.
+        self._draining = True
+        self.transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
