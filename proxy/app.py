@@ -108,9 +108,9 @@ class NamespaceMCP:
         namespace = scope["path_params"]["namespace"]
         caller = scope[PRINCIPAL_KEY]
         try:
-            await gw.directory.namespace(namespace)
-            if not caller.admin and scope["method"] != "POST":
+            if not caller.admin:  # first: a namespace out of reach is not even looked up
                 require_mcp(caller, None, namespace)
+            await gw.directory.namespace(namespace)
         except JunctionError as exc:
             await error_response(exc)(scope, receive, send)
             return
