@@ -9,9 +9,9 @@ import click
 
 from proxy.cli._client import Api, segment
 from proxy.cli._config import current_namespace
-from proxy.cli._errors import ApiError, CliError
+from proxy.cli._errors import CliError
 from proxy.cli._options import FROM_FILE_HELP, json_object, json_option, namespace_option
-from proxy.cli._output import clip, emit_json, show_connection, status_text, table
+from proxy.cli._output import clip, delete_each, emit_json, show_connection, status_text, table
 
 PAGE_LIMIT = 100  # the most the gateway returns per page
 
@@ -160,28 +160,10 @@ def remove(connection_ids: tuple[str, ...], namespace: str | None, as_json: bool
     """
     path = f"/{segment(current_namespace(namespace))}"
     api = Api.from_env()
-    removed: list[str] = []
-    failed: list[tuple[str, ApiError]] = []
-    for connection_id in dict.fromkeys(connection_ids):  # each id once, in the order given
-        try:
-            api.request("DELETE", f"{path}/{segment(connection_id)}")
-        except ApiError as exc:
-            failed.append((connection_id, exc))
-            continue
-        removed.append(connection_id)
-        if not as_json:
-            click.echo(f"Removed {connection_id}")
-    if as_json:
-        emit_json(
-            {
-                "success": not failed,
-                "removed": removed,
-                "failed": [
-                    {"connectionId": cid, "error": exc.code, "status": exc.status, "message": exc.reason}
-                    for cid, exc in failed
-                ],
-            }
-        )
-    if failed:
-        reasons = "; ".join(f"{cid}: {exc.message}" for cid, exc in failed)
-        raise CliError(f"could not remove {len(failed)} of {len(removed) + len(failed)} ({reasons})")
+    delete_each(
+        api,
+        {cid: f"{path}/{segment(cid)}" for cid in connection_ids},
+        done="removed",
+        id_field="connectionId",
+        as_json=as_json,
+    )

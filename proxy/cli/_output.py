@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
+
+from proxy.cli._errors import ApiError, CliError
+
+if TYPE_CHECKING:
+    from proxy.cli._client import Api
 
 
 def emit_json(data: Any) -> None:
@@ -81,3 +86,36 @@ def show_result(result: dict[str, Any]) -> None:
             click.echo(resource["text"] if "text" in resource else f"[resource {resource.get('uri', '')}]")
         else:
             click.echo(f"[{kind}]")
+
+
+def delete_each(api: Api, paths: Mapping[str, str], *, done: str, id_field: str, as_json: bool) -> None:
+    """DELETE every path (id -> path, in order), report each, and fail (exit 1) naming the ones
+    that could not be deleted. A refused credential stops at once: every other id would fail too."""
+    succeeded: list[str] = []
+    failed: list[tuple[str, ApiError]] = []
+    for item_id, path in paths.items():
+        try:
+            api.request("DELETE", path)
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            failed.append((item_id, exc))
+            continue
+        succeeded.append(item_id)
+        if not as_json:
+            click.echo(f"{done.capitalize()} {item_id}")
+    if as_json:
+        emit_json(
+            {
+                "success": not failed,
+                done: succeeded,
+                "failed": [
+                    {id_field: item_id, "error": exc.code, "status": exc.status, "message": exc.reason}
+                    for item_id, exc in failed
+                ],
+            }
+        )
+    if failed:
+        reasons = "; ".join(f"{item_id}: {exc.message}" for item_id, exc in failed)
+        verb = done.removesuffix("d")
+        raise CliError(f"could not {verb} {len(failed)} of {len(paths)} ({reasons})")

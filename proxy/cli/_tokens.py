@@ -11,9 +11,8 @@ from typing import Any
 import click
 
 from proxy.cli._client import Api, segment
-from proxy.cli._errors import ApiError, CliError
 from proxy.cli._options import json_option, json_value
-from proxy.cli._output import clip, emit_json, table
+from proxy.cli._output import clip, delete_each, emit_json, table
 
 POLICY_EXAMPLE = (
     """give a constraint like '{"namespaces": "my-app", "metadata": {"userId": "alice"}}' or a list of them"""
@@ -132,33 +131,13 @@ def revoke_tokens(token_ids: tuple[str, ...], as_json: bool) -> None:
     could not be revoked.
     """
     api = Api.from_env()
-    revoked: list[str] = []
-    failed: list[tuple[str, ApiError]] = []
-    for token_id in dict.fromkeys(token_ids):  # each id once, in the order given
-        try:
-            api.request("DELETE", f"/tokens/{segment(token_id)}")
-        except ApiError as exc:
-            if exc.status == 401:
-                raise  # the credential itself is refused: every other id would fail the same way
-            failed.append((token_id, exc))
-            continue
-        revoked.append(token_id)
-        if not as_json:
-            click.echo(f"Revoked {token_id}")
-    if as_json:
-        emit_json(
-            {
-                "success": not failed,
-                "revoked": revoked,
-                "failed": [
-                    {"id": tid, "error": exc.code, "status": exc.status, "message": exc.reason}
-                    for tid, exc in failed
-                ],
-            }
-        )
-    if failed:
-        reasons = "; ".join(f"{tid}: {exc.message}" for tid, exc in failed)
-        raise CliError(f"could not revoke {len(failed)} of {len(revoked) + len(failed)} ({reasons})")
+    delete_each(
+        api,
+        {tid: f"/tokens/{segment(tid)}" for tid in token_ids},
+        done="revoked",
+        id_field="id",
+        as_json=as_json,
+    )
 
 
 @tokens.command("rotate-key")
