@@ -37,7 +37,7 @@ from proxy.api._http import (
 )
 from proxy.auth.cors import CorsMiddleware
 from proxy.auth.keys import ApiKeys
-from proxy.auth.middleware import PRINCIPAL_KEY, Authenticate, Authentication, is_mcp_path
+from proxy.auth.middleware import PRINCIPAL_KEY, Authenticate, Authentication, is_mcp_path, send_error
 from proxy.auth.policy import Principal, require, require_mcp
 from proxy.auth.tokens import ServiceTokens
 from proxy.directory import Directory
@@ -112,7 +112,7 @@ class NamespaceMCP:
                 require_mcp(caller, None, namespace)
             await gw.directory.namespace(namespace)
         except JunctionError as exc:
-            await error_response(exc)(scope, receive, send)
+            await send_error(scope, send, exc)  # JSON-RPC, with the REST code in `data.error`
             return
         scope[NAMESPACE_KEY] = namespace
         scope["user"] = self._user(caller)

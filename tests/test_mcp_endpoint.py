@@ -130,7 +130,7 @@ def test_unknown_tool_and_unknown_namespace(gateway, modern_upstream) -> None:  
     assert "not found" in run(gateway.mcp_url("errs"), gateway.admin_key, "legacy", body)
     with gateway.client() as client:
         response = client.post("/mcp/no-such-ns", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
-        assert response.status_code == 404 and response.json()["error"] == "not_found"
+        assert response.status_code == 404 and response.json()["error"]["data"]["error"] == "not_found"
 
 
 def test_a_slow_or_dead_upstream_costs_only_its_own_tools(gateway, start_upstream, modern_upstream) -> None:  # type: ignore[no-untyped-def]

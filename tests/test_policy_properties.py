@@ -570,14 +570,11 @@ def test_writes_follow_the_oracle(
         assert (http.get(where, headers=admin).json()["metadata"] or {}) == current
 
         may_write = passes(chain, WRITE, "connections", ns, current)
-        # A token that may write but not read a connection is covered (xfail) by
-        # test_a_token_may_delete_what_it_may_write.
-        if not may_write or passes(chain, READ, "connections", ns, current):
-            deleted = http.delete(where, headers=auth)
-            assert deleted.status_code == (200 if may_write else denied(chain, ns, current)), (
-                chain,
-                deleted.text,
-            )
+        deleted = http.delete(where, headers=auth)
+        assert deleted.status_code == (200 if may_write else denied(chain, ns, current)), (
+            chain,
+            deleted.text,
+        )
 
         may_write = passes(chain, WRITE, "namespaces", ELSEWHERE)
         made = http.post("/namespaces", json={"name": ELSEWHERE}, headers=auth)
@@ -591,11 +588,6 @@ def test_writes_follow_the_oracle(
         assert http.delete(f"/namespaces/{ELSEWHERE}", headers=admin).status_code in (200, 404)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DELETE /{ns}/{id} also requires read: a token that may write a connection but not read "
-    "it can create and update it, yet gets 404 (or 403 when it may execute) deleting it",
-)
 @pytest.mark.parametrize(
     "policy",
     [

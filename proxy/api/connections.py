@@ -122,7 +122,8 @@ async def put_connection(request: Request) -> Response:
 
 
 async def delete_connection(request: Request) -> Response:
-    record = await _visible(request)
+    namespace = request.path_params["namespace"]
+    record = await gateway(request).directory.connection(namespace, request.path_params["connection"])
     require(
         principal(request),
         "write",

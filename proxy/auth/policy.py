@@ -25,10 +25,10 @@ import orjson
 from proxy.errors import Forbidden, NotFound
 
 Operation = Literal["read", "write", "execute"]
-Resource = Literal["namespaces", "connections", "servers", "skills", "keys", "tokens"]
+Resource = Literal["namespaces", "connections", "servers", "skills", "keys"]
 OPERATIONS: Final = ("read", "write", "execute")
-# What a constraint may name. `keys` is for admin API keys only; `tokens` (minting, listing,
-# revoking) is open to every credential and scoped by the token chain itself.
+# What a constraint may name. `keys` is for admin API keys only. Tokens are not a resource: any
+# credential may mint, list and revoke tokens, bounded by its own chain (`proxy/auth/tokens.py`).
 RESOURCES: Final = ("connections", "servers", "namespaces", "skills")
 
 
@@ -150,8 +150,6 @@ def allows(
     now = time.time()
     if now >= principal.expires_at:
         return False
-    if resource == "tokens":
-        return True  # what a token may mint, list or revoke is bounded by its own chain
     operations = (operation,) if isinstance(operation, str) else operation
     for policy in principal.policies:
         for constraint in policy:
