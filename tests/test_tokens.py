@@ -467,3 +467,11 @@ def test_revocation_and_key_rotation_reach_another_instance_within_seconds(start
     with a.client() as admin:
         assert admin.delete(f"/keys/{key['id']}").status_code == 200
     assert refused_on_b(third) < 3.0
+
+
+def test_a_policy_too_large_for_a_credential_is_refused_at_minting(gateway: Gateway) -> None:
+    huge = {"namespaces": [f"ns-{i:03d}-" + "x" * 200 for i in range(100)]}
+    with gateway.client() as admin:
+        refused = admin.post("/tokens", json={"policy": [huge]})
+        assert refused.status_code == 400 and "characters" in refused.json()["message"]
+        assert admin.get("/tokens").json() == {"tokens": []}  # nothing was recorded

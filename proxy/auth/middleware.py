@@ -17,7 +17,7 @@ from proxy.auth.policy import Principal
 from proxy.errors import JunctionError, Unauthorized
 
 PRINCIPAL_KEY = "junction.principal"
-_MAX_CREDENTIAL = 16 * 1024  # a token carries its policy chain; keys are 47 characters
+MAX_CREDENTIAL = 16 * 1024  # a token carries its policy chain; keys are 47 characters
 
 
 class Authenticator(Protocol):
@@ -39,7 +39,7 @@ class Authentication:
         self._chain = authenticators
 
     async def authenticate(self, credential: str) -> Principal | None:
-        if not credential or len(credential) > _MAX_CREDENTIAL:
+        if not credential or len(credential) > MAX_CREDENTIAL:
             return None
         for authenticator in self._chain:
             if authenticator.recognizes(credential):

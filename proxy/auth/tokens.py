@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from proxy.auth.constraints import MAX_TTL, compile_policy, parse_policy
 from proxy.auth.keys import ApiKeys
+from proxy.auth.middleware import MAX_CREDENTIAL
 from proxy.auth.policy import Principal
 from proxy.errors import Forbidden, NotFound, ValidationFailed
 from proxy.store import ServiceTokenRecord, SigningKeyRecord, Store
@@ -243,6 +244,11 @@ class ServiceTokens:
             "pol": [*parent.claims, claims],
         }
         token = jwt.encode(payload, private, algorithm="EdDSA", headers={"kid": kid})
+        if len(token) > MAX_CREDENTIAL:
+            raise ValidationFailed(
+                f"the token would be {len(token)} characters, over the {MAX_CREDENTIAL} a credential may "
+                "have; use fewer or shorter constraints (or fewer levels of narrowing)"
+            )
         await self._store.add_service_token(record)
         return MintedToken(token=token, record=record)
 
