@@ -165,7 +165,8 @@ def _rpc(value: Any, where: str) -> dict[str, str]:
         if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN:
             raise ValidationFailed(f"{where}: a pattern is a string of at most {MAX_PATTERN} characters")
         try:
-            re2.compile(pattern, _RE2_OPTIONS)
+            re2.compile(pattern, _RE2_OPTIONS)  # for RE2's reason, should the pattern be refused
+            _matcher(pattern)
         except re2.error as exc:
             raise ValidationFailed(
                 f"{where}[{path[:60]!r}] is not a pattern the gateway runs (RE2 syntax: no "
@@ -175,8 +176,12 @@ def _rpc(value: Any, where: str) -> dict[str, str]:
 
 
 def _matcher(pattern: str) -> Matcher:
-    compiled = re2.compile(pattern, _RE2_OPTIONS)
-    search = compiled.search
+    # A one-pattern RE2 set answers "does it match anywhere" without building a match object:
+    # 0.5 µs a match against 2.9 µs for `search` (bench/RESULTS.md, round 5).
+    matcher = re2.Set.SearchSet(_RE2_OPTIONS)
+    matcher.Add(pattern)
+    matcher.Compile()
+    search = matcher.Match
 
     def match(text: str | None) -> bool:
         return text is not None and search(text) is not None
