@@ -110,7 +110,6 @@ class Principal:
     policies: tuple[Policy, ...] = ()
     token_ids: tuple[str, ...] = ()
     expires_at: float = float("inf")
-    uses_rpc: bool = False  # some constraint looks at MCP requests
     # The chain as the token carries it (claims), to sign into the tokens it mints.
     claims: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 

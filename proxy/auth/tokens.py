@@ -297,6 +297,5 @@ def _principal(claims: dict[str, Any]) -> Principal:
         policies=policies,
         token_ids=(*ancestors, claims["jti"]),
         expires_at=float(claims["exp"]),
-        uses_rpc=any(c.rpc is not None for policy in policies for c in policy),
         claims=tuple(levels),
     )
