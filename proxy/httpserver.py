@@ -23,7 +23,6 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-
 LINGER_SECONDS = 2.0  # how long a refused connection is drained before it is closed
 
 
