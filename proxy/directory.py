@@ -273,7 +273,12 @@ class Directory:
         return page, (_encode_cursor(page[-1].connection_id) if more and page else None)
 
     async def connection(self, namespace: str, connection_id: str) -> ConnectionRecord:
-        record = (await self._loaded(namespace)).get(connection_id)
+        """A connection; a missing namespace answers as a missing connection (the same 404 as a
+        connection hidden from a token, so neither tells which namespaces exist)."""
+        try:
+            record = (await self._loaded(namespace)).get(connection_id)
+        except NotFound:
+            record = None
         if record is None:
             raise NotFound.connection(namespace, connection_id)
         return record

@@ -475,3 +475,15 @@ def test_a_policy_too_large_for_a_credential_is_refused_at_minting(gateway: Gate
         refused = admin.post("/tokens", json={"policy": [huge]})
         assert refused.status_code == 400 and "characters" in refused.json()["message"]
         assert admin.get("/tokens").json() == {"tokens": []}  # nothing was recorded
+
+
+def test_connection_paths_do_not_tell_which_namespaces_exist(users: Gateway) -> None:
+    with users.client() as admin:
+        token = mint(admin, {"namespaces": "app", "metadata": {"userId": "alice"}})
+    with as_token(users, token) as alice:
+        existing = alice.get("/other/alice-x")  # a namespace out of reach that exists
+        missing = alice.get("/no-such-ns/alice-x")
+        assert existing.status_code == missing.status_code == 404
+        assert existing.json()["message"].replace("other", "N") == missing.json()["message"].replace(
+            "no-such-ns", "N"
+        )
