@@ -162,6 +162,12 @@ def test_login_accepts_a_token_that_may_not_list_namespaces(admin: Cli, cli: Cli
     assert one_line_error(cli("namespace", "list", check=False)).startswith("error: permission denied: ")
     bad = one_line_error(cli("auth", "login", "--key", token[:-8] + "AAAAAAAA", check=False))
     assert bad == f"error: invalid API key for {users.url}"
+    # whoami names a stored token by its id (every token starts alike), never by its secret part.
+    minted = admin.json("auth", "token", "--policy", '{"namespaces": "app"}', "--json")
+    cli("auth", "login", "--key", minted["token"])
+    shown = cli.json("auth", "whoami")["apiKey"]
+    assert shown == f"service token {minted['id']}"
+    assert minted["token"].split(".")[2] not in cli("auth", "whoami").stdout
 
 
 def test_tokens_are_listed_without_secrets_and_revoked_with_their_children(admin: Cli, cli: Cli) -> None:

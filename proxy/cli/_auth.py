@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import sys
 
 import click
@@ -85,5 +87,22 @@ def read_key() -> str:
 
 
 def mask(key: str) -> str:
-    """Enough of a key to recognise it, never enough to use it."""
+    """Enough of a credential to recognise it, never enough to use it: a service token by its id
+    (every token starts alike), an API key by its first characters."""
+    token_id = _token_id(key)
+    if token_id is not None:
+        return f"service token {token_id}"
     return key[:8] + "…" if len(key) >= 24 else "…"
+
+
+def _token_id(credential: str) -> str | None:
+    """The `jti` of a JWT-shaped credential, read without verifying (display only)."""
+    parts = credential.split(".")
+    if len(parts) != 3 or not credential.startswith("eyJ"):
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+    jti = claims.get("jti") if isinstance(claims, dict) else None
+    return jti if isinstance(jti, str) and jti.isprintable() and len(jti) <= 64 else None
