@@ -18,6 +18,7 @@ import pytest
 from conftest import Gateway, Upstream
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from test_edges import INITIALIZE
 
 CALL_LIMIT = 15.0
 ACCEPT = {"accept": "application/json, text/event-stream"}
@@ -202,22 +203,12 @@ def test_the_namespace_endpoint_shows_a_user_only_their_tools(users: Gateway, mo
 def test_the_passthrough_refuses_connections_the_token_cannot_see(users: Gateway) -> None:
     with users.client() as admin:
         token = mint(admin, {"namespaces": "app", "metadata": {"userId": "alice"}})
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
     with as_token(users, token) as client:
         for path in ("/mcp/app/bob-gh", "/connect/app/bob-gh/mcp"):
-            refused = client.post(path, json=init, headers=ACCEPT)
+            refused = client.post(path, json=INITIALIZE, headers=ACCEPT)
             assert refused.status_code == 404, refused.text
             assert refused.json()["error"]["message"] == "connection 'bob-gh' not found in namespace 'app'"
-        ok = client.post("/mcp/app/alice-gh", json=init, headers=ACCEPT)
+        ok = client.post("/mcp/app/alice-gh", json=INITIALIZE, headers=ACCEPT)
         assert ok.status_code == 200, ok.text
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -241,16 +242,7 @@ class SqlStore:
     # API keys
     async def add_api_key(self, record: ApiKeyRecord) -> None:
         async with self._engine.begin() as conn:
-            await conn.execute(
-                sa.insert(t.api_keys).values(
-                    id=record.id,
-                    name=record.name,
-                    key_hash=record.key_hash,
-                    prefix=record.prefix,
-                    created_at=record.created_at,
-                    last_used_at=record.last_used_at,
-                )
-            )
+            await conn.execute(sa.insert(t.api_keys).values(**asdict(record)))
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         async with self._engine.connect() as conn:
@@ -302,15 +294,7 @@ class SqlStore:
     # token signing keys
     async def add_signing_key(self, record: SigningKeyRecord) -> None:
         async with self._engine.begin() as conn:
-            await conn.execute(
-                sa.insert(t.signing_keys).values(
-                    kid=record.kid,
-                    private_sealed=record.private_sealed,
-                    public_pem=record.public_pem,
-                    created_at=record.created_at,
-                    retired_at=record.retired_at,
-                )
-            )
+            await conn.execute(sa.insert(t.signing_keys).values(**asdict(record)))
 
     async def signing_keys(self) -> list[SigningKeyRecord]:
         """Every signing key, newest first."""
@@ -340,18 +324,7 @@ class SqlStore:
     # service tokens
     async def add_service_token(self, record: ServiceTokenRecord) -> None:
         async with self._engine.begin() as conn:
-            await conn.execute(
-                sa.insert(t.service_tokens).values(
-                    id=record.id,
-                    key_id=record.key_id,
-                    parent_id=record.parent_id,
-                    ancestors=list(record.ancestors),
-                    policy=record.policy,
-                    created_at=record.created_at,
-                    expires_at=record.expires_at,
-                    revoked_at=record.revoked_at,
-                )
-            )
+            await conn.execute(sa.insert(t.service_tokens).values(**asdict(record)))
 
     async def service_tokens(self, key_id: str, live_at: datetime) -> list[ServiceTokenRecord]:
         """The tokens minted under an API key that are neither expired at `live_at` nor revoked."""
