@@ -62,3 +62,21 @@ def test_every_level_of_a_chain_must_pass() -> None:
     assert allows(chain, "read", "connections", "a", {})
     assert not allows(chain, "execute", "connections", "a", {})
     assert not allows(chain, "read", "connections", "b", {})
+
+
+def test_only_strings_and_scalars_of_bounded_size_are_matched() -> None:
+    anything = token([{"rpcReqMatch": {"params.arguments.value": ""}}])  # the empty pattern matches any text
+    for value, matched in (
+        ("text", True),
+        (7, True),
+        (1.5, True),
+        (True, True),
+        ({"nested": "x"}, False),
+        (["x"], False),
+        (None, False),
+        ("x" * (64 * 1024), True),
+        ("x" * (64 * 1024 + 1), False),
+    ):
+        assert allows(anything, "execute", "connections", "ns", {}, call("t", value=value)) is matched, value
+    big = token([{"rpcReqMatch": {"params.arguments.value": "^12345678901234567890123$"}}])
+    assert allows(big, "execute", "connections", "ns", {}, call("t", value=12345678901234567890123))

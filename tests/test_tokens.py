@@ -22,6 +22,10 @@ from test_edges import INITIALIZE
 
 CALL_LIMIT = 15.0
 ACCEPT = {"accept": "application/json, text/event-stream"}
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
 
 
 def mint(client: httpx2.Client, *policy: dict[str, Any], **body: Any) -> str:
@@ -478,3 +482,45 @@ def test_connection_paths_do_not_tell_which_namespaces_exist(users: Gateway) -> 
         assert existing.json()["message"].replace("other", "N") == missing.json()["message"].replace(
             "no-such-ns", "N"
         )
+
+
+def test_a_revocation_from_long_ago_still_holds_after_a_restart(users: Gateway) -> None:
+    with users.client() as admin:
+        token = mint(admin, {"namespaces": "app"})
+        assert admin.delete(f"/tokens/{_jti(token)}").status_code == 200
+    users.stop()
+    # As if revoked an hour ago (well before any window the instance reads at start).
+    db = sqlite3.connect(users.data_dir / "junction.db")
+    with db:
+        db.execute(
+            "update service_tokens set revoked_at = datetime('now', '-1 hour') where id = ?", (_jti(token),)
+        )
+    db.close()
+    users.start()
+    with as_token(users, token) as client:
+        assert client.get("/app").status_code == 401
+        assert client.post("/tokens", json={"policy": [{}]}).status_code == 401
+
+
+def test_a_chain_holds_a_bounded_number_of_patterns_and_big_values_cost_nothing(users: Gateway) -> None:
+    wide = {f"params._meta.p{i}": "^x$" for i in range(20)}
+    with users.client() as admin:
+        parent = mint(admin, {"namespaces": "app", "rpcReqMatch": wide}, {"namespaces": "app"})
+    with as_token(users, parent) as client:
+        child = mint(client, {"rpcReqMatch": wide})  # 40 patterns over the chain: the most there may be
+    with as_token(users, child) as client:
+        refused = client.post("/tokens", json={"policy": [{"rpcReqMatch": {"method": "."}}]})
+        assert refused.status_code == 400 and "at most 40" in refused.json()["message"]
+    junk = "y" * 190_000  # 20 of them: just under the 4 MiB body limit
+    request = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/list",
+        "params": {"_meta": {**{f"p{i}": junk for i in range(20)}, **MODERN_META}},
+    }
+    with as_token(users, child) as client:
+        started = time.monotonic()
+        headers = {**ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/list"}
+        answer = client.post("/mcp/app", json=request, headers=headers)
+        assert time.monotonic() - started < 5.0
+        assert answer.status_code == 403  # values over 64 KiB match no pattern: refused, and quickly

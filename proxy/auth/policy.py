@@ -244,8 +244,13 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+MAX_MATCHED_TEXT: Final = 64 * 1024
+
+
 def _at(message: Mapping[str, Any], path: tuple[str, ...]) -> str | None:
-    """The value at a dot path as text (strings as they are, other values as compact JSON)."""
+    """The value at a dot path as text: a string as it is, a number or boolean as JSON. Objects,
+    lists, nulls, missing values and strings over 64 KiB match no pattern (so one request cannot
+    make the policy serialize or scan megabytes once per pattern and connection)."""
     value: Any = message
     for key in path:
         if isinstance(value, Mapping):
@@ -254,14 +259,18 @@ def _at(message: Mapping[str, Any], path: tuple[str, ...]) -> str | None:
             value = value[int(key)]
         else:
             return None
-        if value is None:
-            return None
     if isinstance(value, str):
-        return value
-    try:
+        return value if len(value) <= MAX_MATCHED_TEXT else None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        try:
+            return str(value)
+        except ValueError:  # over Python's digit limit for int-to-text
+            return None
+    if isinstance(value, float):
         return orjson.dumps(value).decode()
-    except TypeError:
-        return None
+    return None
 
 
 def _method(rpc: Any) -> str:

@@ -26,7 +26,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from proxy.auth.constraints import MAX_TTL, compile_policy, parse_policy
+from proxy.auth.constraints import MAX_CHAIN_PATTERNS, MAX_TTL, compile_policy, parse_policy
 from proxy.auth.keys import ApiKeys
 from proxy.auth.middleware import MAX_CREDENTIAL
 from proxy.auth.policy import Principal
@@ -37,7 +37,10 @@ from proxy.vault import Vault, VaultError
 log = logging.getLogger("junction.tokens")
 
 MAX_DEPTH: Final = 8  # levels of narrowing (and so the size of a token) are bounded
-_CACHE_SIZE: Final = 50_000
+# Verified tokens kept, and the patterns they hold at most in all (a pattern is ~2 KB compiled):
+# past either, the cache starts over (tokens are verified again on their next use).
+_CACHE_SIZE: Final = 20_000
+_CACHE_PATTERNS: Final = 50_000
 _SEALED_FIELD: Final = "token_signing_key"
 
 
@@ -60,8 +63,10 @@ class ServiceTokens:
         self._signing: tuple[str, Ed25519PrivateKey] | None = None
         self._revoked: dict[str, float] = {}  # token id -> its expiry (forgotten after it)
         self._cache: dict[str, Principal] = {}
+        self._cached_patterns = 0
         self._asked: dict[str, float] = {}  # unknown key id -> when the store was last asked
-        self._synced_at = datetime.now(UTC)
+        # The first sync reads every revocation of a token that may still be alive (24 h at most).
+        self._synced_at = datetime.now(UTC) - timedelta(seconds=MAX_TTL)
         self._reloaded_at = 0.0
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -94,6 +99,7 @@ class ServiceTokens:
         self._revoked = {t: exp for t, exp in self._revoked.items() if exp > now}
         if len(self._cache) > _CACHE_SIZE // 2:
             self._cache = {k: p for k, p in self._cache.items() if p.expires_at > now}
+            self._cached_patterns = sum(_patterns(p) for p in self._cache.values())
 
     async def rotate(self) -> str:
         """Make a new signing key the active one; older keys only verify from now on. Returns its kid."""
@@ -155,9 +161,12 @@ class ServiceTokens:
             principal = await self._verify(credential)
             if principal is None:
                 return None
-            if len(self._cache) >= _CACHE_SIZE:
+            weight = _patterns(principal)
+            if len(self._cache) >= _CACHE_SIZE or self._cached_patterns + weight > _CACHE_PATTERNS:
                 self._cache.clear()
+                self._cached_patterns = 0
             self._cache[credential] = principal
+            self._cached_patterns += weight
         if time.time() >= principal.expires_at or any(t in self._revoked for t in principal.token_ids):
             return None
         if not self._keys.is_live(principal.key_id) and not await self._unknown_key(principal.key_id):
@@ -210,6 +219,12 @@ class ServiceTokens:
             raise ValidationFailed(f"a token can be narrowed at most {MAX_DEPTH} times")
         now = int(time.time())
         claims, explicit = parse_policy(policy, now, ttl)
+        patterns = sum(len(c.get("rpcReqMatch", ())) for level in (*parent.claims, claims) for c in level)
+        if patterns > MAX_CHAIN_PATTERNS:
+            raise ValidationFailed(
+                f"a token and the tokens it was minted from may hold at most {MAX_CHAIN_PATTERNS} "
+                f"rpcReqMatch patterns in all; this one would hold {patterns}"
+            )
         expires = max(c["exp"] for c in claims)
         if parent.kind == "service_token":
             limit = int(parent.expires_at)
@@ -272,6 +287,10 @@ class ServiceTokens:
     def _under(caller: Principal, record: ServiceTokenRecord) -> bool:
         """Listed for the caller: everything its API key minted, or what a token minted below it."""
         return caller.kind == "api_key" or caller.id in record.ancestors
+
+
+def _patterns(principal: Principal) -> int:
+    return sum(len(c.rpc or ()) for policy in principal.policies for c in policy)
 
 
 def _principal(claims: dict[str, Any]) -> Principal:
