@@ -22,6 +22,10 @@ from proxy.upstream.fastlane import NotificationSink
 
 log = logging.getLogger("junction.catalog")
 
+# Rendered tool lists kept: one per namespace, name style and set of connections a caller sees
+# (service tokens scoped by metadata see different sets).
+MAX_LISTINGS = 1000
+
 
 @dataclass
 class ConnectionTools:
@@ -158,8 +162,9 @@ class Catalog:
                 out.append(data)
         out.sort(key=lambda t: t["name"])
         encoded = json.dumps(out, separators=(",", ":")).encode()
-        if len(self._lists) > 10_000:  # many distinct views: start over rather than grow
-            self._lists.clear()
+        self._lists.pop(key, None)
+        if len(self._lists) >= MAX_LISTINGS:  # many distinct views: drop the oldest rendered one
+            del self._lists[next(iter(self._lists))]
         self._lists[key] = (signature, out, encoded)
         return out, encoded
 
