@@ -584,3 +584,97 @@ def start_gateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ca
 def gateway(start_gateway: Callable[..., Gateway]) -> Gateway:
     """A fresh gateway with default test settings."""
     return start_gateway()
+
+
+# --- an OpenID Connect provider -----------------------------------------------------------------
+
+
+class OidcProvider(Upstream):
+    """A `tests/upstreams/oidc_provider.py` process: one registered client, sign-in by username alone.
+
+    ``url`` and ``issuer`` are ``http://127.0.0.1:PORT`` (no trailing slash); ``client_id``,
+    ``client_secret`` and ``redirect_uris`` are the registered client. A redirect URI known only once
+    the gateway runs (it contains the gateway's port): `set_redirect_uris` restarts the provider on
+    the same port with the same signing key (codes and access tokens issued before are forgotten).
+    """
+
+    def __init__(
+        self, log_dir: Path, client_id: str, client_secret: str, redirect_uris: list[str] | tuple[str, ...]
+    ) -> None:
+        self.kind = "oidc"
+        self.opts = {}
+        self.port = free_port()
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.redirect_uris = list(redirect_uris)
+        serial = next(_SERIAL)
+        self.key_file = log_dir / f"oidc-provider-{serial}.jwk.json"  # kept across restarts
+        self._process = _Process(f"oidc-provider-{serial}", log_dir)
+
+    @property
+    def url(self) -> str:
+        return self.base_url
+
+    @property
+    def issuer(self) -> str:
+        return self.base_url
+
+    @property
+    def discovery_url(self) -> str:
+        return self.issuer + "/.well-known/openid-configuration"
+
+    def _argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "tests.upstreams.oidc_provider", "--port", str(self.port)]
+        argv += ["--client-id", self.client_id, "--client-secret", self.client_secret]
+        argv += ["--key-file", str(self.key_file)]
+        for uri in self.redirect_uris:
+            argv += ["--redirect-uri", uri]
+        return argv
+
+    def _discoverable(self) -> bool:
+        try:
+            return httpx2.get(self.discovery_url, timeout=1.0, trust_env=False).status_code == 200
+        except httpx2.HTTPError:
+            return False
+
+    def _start(self) -> OidcProvider:
+        self.spawn()
+        self._process.wait_ready(self._discoverable, "200 from GET /.well-known/openid-configuration")
+        return self
+
+    def set_redirect_uris(self, *uris: str) -> OidcProvider:
+        """Register exactly ``uris`` (replacing the others) and restart on the same port and key."""
+        self.redirect_uris = list(uris)
+        self.restart()
+        return self
+
+    def __repr__(self) -> str:
+        return f"OidcProvider(issuer={self.issuer!r}, client_id={self.client_id!r}, running={self.running})"
+
+
+@pytest.fixture
+def start_oidc_provider(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., OidcProvider]]:
+    """``start_oidc_provider(client_id=, client_secret=, redirect_uris=)``: a provider, stopped at teardown.
+
+    Defaults: client ``junction-test``, a random secret, no redirect URI registered.
+    """
+    started: list[OidcProvider] = []
+
+    def start(
+        *,
+        client_id: str = "junction-test",
+        client_secret: str | None = None,
+        redirect_uris: list[str] | tuple[str, ...] = (),
+    ) -> OidcProvider:
+        secret = client_secret if client_secret is not None else "oidc-secret-" + secrets.token_urlsafe(24)
+        provider = OidcProvider(tmp_path / "oidc-logs", client_id, secret, redirect_uris)
+        started.append(provider)
+        _track(request, provider)
+        provider.launch()
+        return provider
+
+    yield start
+    for provider in started:
+        provider.stop()
