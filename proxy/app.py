@@ -48,6 +48,8 @@ from proxy.gateway.fastpath import ToolCallFastPath
 from proxy.gateway.passthrough import Passthrough
 from proxy.gateway.passthrough import error_response as rpc_error_response
 from proxy.httpserver import GatewayHttpProtocol
+from proxy.oauth_server import AuthorizationServer
+from proxy.oauth_server import endpoints as oauth
 from proxy.redact import LOG_REDACTION
 from proxy.settings import Settings
 from proxy.state import Gateway
@@ -73,19 +75,6 @@ async def servers(request: Request) -> Response:
     )
 
 
-async def protected_resource(request: Request) -> Response:
-    settings = gateway(request).settings
-    path = "/" + request.path_params.get("resource", "").lstrip("/")
-    return json_response(
-        {
-            "resource": settings.effective_public_url + (path if path != "/" else ""),
-            "bearer_methods_supported": ["header"],
-            "resource_name": "mcp-junction",
-        },
-        headers={"access-control-allow-origin": "*"},
-    )
-
-
 # --- MCP surfaces ----------------------------------------------------------------------------
 class NamespaceMCP:
     """`/mcp/{namespace}`: the SDK session manager, with the caller and namespace in the scope."""
@@ -105,8 +94,15 @@ class NamespaceMCP:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw: Gateway = scope["app"].state.gateway
-        namespace = scope["path_params"]["namespace"]
         caller = scope[PRINCIPAL_KEY]
+        namespace = scope["path_params"].get("namespace") or _home(caller)
+        if namespace is None:
+            exc = NotFound(
+                "/mcp serves the namespace chosen when signing in with OAuth; "
+                "with an API key or service token, use /mcp/{namespace}"
+            )
+            await send_error(scope, send, exc)
+            return
         try:
             if not caller.admin:  # first: a namespace out of reach is not even looked up
                 require_mcp(caller, None, namespace)
@@ -143,6 +139,15 @@ class NamespaceMCP:
             send = gw.fast_path.watch_initialize(body, send)
             receive = _replay(body, receive)
         await gw.session_manager.handle_request(scope, receive, json_rpc_errors(send))
+
+
+def _home(caller: Principal) -> str | None:
+    """The namespace `/mcp` serves: the one chosen at OAuth consent, or the only one a service
+    token may use."""
+    if caller.namespace is not None:
+        return caller.namespace
+    bound = caller.namespace_bound()
+    return next(iter(bound)) if bound is not None and len(bound) == 1 else None
 
 
 def _message(body: bytes) -> dict[str, Any] | None:
@@ -241,7 +246,35 @@ def _connect_routes(prefix: str) -> list[Route]:
 
 ROUTES: list[Route] = [
     route("/health", health, ["GET"], public=True),
-    route("/.well-known/oauth-protected-resource{resource:path}", protected_resource, ["GET"], public=True),
+    # OAuth: discovery, and the authorization server at the root paths Claude builds for itself.
+    route(
+        "/.well-known/oauth-protected-resource{resource:path}",
+        oauth.protected_resource_metadata,
+        ["GET"],
+        public=True,
+    ),
+    route(
+        "/.well-known/oauth-authorization-server{rest:path}",
+        oauth.authorization_server_metadata,
+        ["GET"],
+        public=True,
+    ),
+    route(
+        "/.well-known/openid-configuration{rest:path}",
+        oauth.authorization_server_metadata,
+        ["GET"],
+        public=True,
+    ),
+    route("/authorize", oauth.authorize, ["GET"], public=True),
+    route("/authorize/login", oauth.login, ["POST"], public=True),
+    route("/authorize/oidc", oauth.login_oidc, ["POST"], public=True),
+    route("/authorize/consent", oauth.consent, ["POST"], public=True),
+    route(oauth.OIDC_CALLBACK, oauth.oidc_callback, ["GET"], public=True),
+    route("/token", oauth.token, ["POST"], public=True),
+    route("/revoke", oauth.revoke, ["POST"], public=True),
+    route("/register", oauth.register, ["POST"], public=True),
+    route("/oauth/grants", oauth.list_grants, ["GET"]),
+    route("/oauth/grants/{grant_id}", oauth.revoke_grant, ["DELETE"]),
     route("/servers", servers, ["GET"]),
     route("/namespaces", namespaces.list_namespaces, ["GET"]),
     route("/namespaces", namespaces.create_namespace, ["POST"]),
@@ -257,6 +290,7 @@ ROUTES: list[Route] = [
     route("/tokens/{token_id}", tokens.revoke_token, ["DELETE"]),
     route("/mcp/{namespace}/{connection}", connection_mcp, ["GET", "POST", "DELETE"]),
     route("/mcp/{namespace}", NAMESPACE_MCP, ["GET", "POST", "DELETE"]),
+    route("/mcp", NAMESPACE_MCP, ["GET", "POST", "DELETE"]),
     route("/connect/{namespace}/{connection}/mcp", connection_mcp, ["GET", "POST", "DELETE"]),
     *_connect_routes("/connect"),
     *_connect_routes(""),
@@ -312,13 +346,16 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             catalog = Catalog(directory, settings.fanout_timeout)
             server = build_namespace_server(directory, catalog, settings)
             manager = build_session_manager(server, settings)
+            authentication = Authentication(service_tokens, api_keys)
+            oauth_server = AuthorizationServer(settings, store, vault, service_tokens, authentication)
             app.state.gateway = Gateway(
                 settings=settings,
                 store=store,
                 vault=vault,
                 keys=api_keys,
                 tokens=service_tokens,
-                authentication=Authentication(service_tokens, api_keys),
+                authentication=authentication,
+                oauth=oauth_server,
                 pool=pool,
                 directory=directory,
                 catalog=catalog,
@@ -337,6 +374,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                     yield
             finally:
                 await pool.aclose()
+                await oauth_server.aclose()
                 with anyio.CancelScope(shield=True):
                     await api_keys.close()
                 tg.cancel_scope.cancel()

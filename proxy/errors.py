@@ -4,7 +4,8 @@
     ├── ConfigError               config_error    500
     ├── BadRequest                bad_request     400
     │   ├── ValidationFailed      validation_error
-    │   └── InvalidJSON           invalid_json
+    │   ├── InvalidJSON           invalid_json
+    │   └── OAuthError            (RFC 6749's code: invalid_grant, invalid_client, ...) 400/401
     ├── PayloadTooLarge           payload_too_large 413
     ├── Unauthorized              unauthorized    401
     ├── Forbidden                 forbidden       403
@@ -62,6 +63,21 @@ class ValidationFailed(BadRequest):
 class InvalidJSON(BadRequest):
     code = "invalid_json"
     jsonrpc_code = -32700
+
+
+class OAuthError(BadRequest):
+    """An error of the OAuth endpoints, in RFC 6749's shape (`error`, `error_description`; our
+    `message` too): `error` is the RFC's code, such as invalid_grant or invalid_client."""
+
+    code = "oauth_error"
+
+    def __init__(self, error: str, message: str, *, status: int = 400, headers: dict[str, str] | None = None):
+        super().__init__(message, headers=headers)
+        self.error = error
+        self.status = status  # type: ignore[misc]
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "error_description": self.message, "message": self.message}
 
 
 class PayloadTooLarge(JunctionError):

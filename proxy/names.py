@@ -15,7 +15,7 @@ RESERVED_NAMESPACES = frozenset(
     {
         "namespaces", "tokens", "connect", "mcp", "health", "servers", "oauth", "setup", "keys",
         "skills", "organizations", "api", "uplink", "well-known", "admin", "static", "docs",
-        "openapi", "login", "logout", "auth", "authorize", "token", "register", "callback",
+        "openapi", "login", "logout", "auth", "authorize", "token", "register", "callback", "revoke",
     }
 )  # fmt: skip
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
@@ -54,6 +55,20 @@ class Settings:
     log_level: str = "info"
     access_log: bool = False
     allow_undecryptable_rows: bool = False
+    # The gateway as an OAuth authorization server (proxy/oauth_server/).
+    oauth_login: tuple[str, ...] = ("key",)
+    oauth_access_token_ttl: int = 3600
+    oauth_grant_ttl: int = 30 * 86400
+    oauth_clients: tuple[dict[str, Any], ...] = ()
+    allow_private_client_metadata: bool = False
+    oauth_ca_file: str = ""
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = field(default="", repr=False)
+    oidc_identity_claim: str = "sub"
+    oidc_scopes: str = "openid email profile"
+    oidc_namespaces: tuple[str, ...] = ()
+    oidc_name: str = "single sign-on"
 
     def __post_init__(self) -> None:
         if self.tool_names not in ("auto", "dotted", "safe"):
@@ -78,6 +93,32 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        self._check_oauth()
+
+    def _check_oauth(self) -> None:
+        unknown = set(self.oauth_login) - {"key", "oidc"}
+        if unknown or not self.oauth_login:
+            raise ConfigError('oauth_login must list one or more of "key" and "oidc"')
+        if "oidc" in self.oauth_login and not (self.oidc_issuer and self.oidc_client_id):
+            raise ConfigError(
+                'oauth_login "oidc" needs oidc_issuer and oidc_client_id (and usually a secret)'
+            )
+        if not 60 <= self.oauth_access_token_ttl <= 86400:
+            raise ConfigError("oauth_access_token_ttl must be between 60 and 86400 seconds")
+        if not 300 <= self.oauth_grant_ttl <= 365 * 86400:
+            raise ConfigError("oauth_grant_ttl must be between 300 seconds and 365 days")
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", self.oidc_identity_claim):
+            raise ConfigError("oidc_identity_claim must be a claim name like sub or email")
+        for client in self.oauth_clients:
+            redirects = client.get("redirect_uris")
+            if (
+                not isinstance(client.get("client_id"), str)
+                or not client["client_id"]
+                or not isinstance(redirects, list)
+                or not redirects
+                or not all(isinstance(r, str) for r in redirects)
+            ):
+                raise ConfigError("each of oauth_clients needs a client_id and a list of redirect_uris")
 
     @property
     def data_path(self) -> Path:
@@ -166,6 +207,15 @@ def normalize_origin(value: str) -> str | None:
 
 def _coerce(name: str, type_name: Any, value: Any) -> Any:
     type_name = str(type_name)
+    if type_name == "tuple[dict[str, Any], ...]":
+        # A TOML array of tables, or JSON text (the environment).
+        try:
+            items = json.loads(value) if isinstance(value, str) else value
+        except ValueError as exc:
+            raise ConfigError(f"setting {name} must be a list of tables (JSON in the environment)") from exc
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise ConfigError(f"setting {name} must be a list of tables (JSON in the environment)")
+        return tuple(items)
     if type_name == "tuple[str, ...]":
         # A TOML list, or a comma-separated string (the environment).
         items = value.split(",") if isinstance(value, str) else value

@@ -13,6 +13,7 @@ from proxy.directory import Directory
 from proxy.gateway.catalog import Catalog
 from proxy.gateway.fastpath import ToolCallFastPath
 from proxy.gateway.passthrough import Passthrough
+from proxy.oauth_server import AuthorizationServer
 from proxy.settings import Settings
 from proxy.store import Store
 from proxy.upstream import ConnectionPool
@@ -27,6 +28,7 @@ class Gateway:
     keys: ApiKeys
     tokens: ServiceTokens
     authentication: Authentication
+    oauth: AuthorizationServer
     pool: ConnectionPool
     directory: Directory
     catalog: Catalog

@@ -40,6 +40,11 @@ ALLOWED_METHODS = b"GET, POST, PUT, DELETE, OPTIONS"
 EXPOSED_HEADERS = b"Mcp-Session-Id, Mcp-Protocol-Version, WWW-Authenticate, X-Should-Retry"
 PREFLIGHT_MAX_AGE = b"600"  # seconds; Chromium caps it at 7200, Firefox at 86400
 
+# OAuth discovery and the token, registration and revocation endpoints: browser-based MCP clients
+# (the Inspector's web UI) call them from their own origin. They act on no ambient credential, so
+# any origin may call them; the MCP endpoints and the REST API keep the allowlist.
+OPEN_PATHS = frozenset({"/token", "/register", "/revoke"})
+
 _VERDICT_CACHE_SIZE = 1024
 
 
@@ -65,8 +70,10 @@ class CorsMiddleware:
     async def _cross_origin(self, scope: Scope, receive: Receive, send: Send, origin: bytes) -> None:
         requested_method: bytes | None = None
         requested_headers: list[bytes] = []
+        path: str = scope["path"]
+        open_to_all = path in OPEN_PATHS or path.startswith("/.well-known/")
         for name, value in scope["headers"]:
-            if name == b"origin" and not self._allowed(value):
+            if name == b"origin" and not open_to_all and not self._allowed(value):
                 await _refuse(scope, send, value)
                 return
             if name == b"access-control-request-method":

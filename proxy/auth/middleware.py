@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.auth.policy import Principal
 from proxy.errors import JunctionError, Unauthorized
@@ -71,27 +71,82 @@ class Authenticate:
         if principal is None:
             await _reject(scope, send, credential is not None)
             return
+        if principal.kind == "oauth" and is_mcp_path(scope["path"]):
+            if not _audience_matches(principal.audience or "", _resource(scope)):
+                message = f"this access token was issued for {principal.audience}, not for this endpoint"
+                await _reject(scope, send, True, message)
+                return
+            send = _scope_challenge(scope, send)
         scope[PRINCIPAL_KEY] = principal
         await self.app(scope, receive, send)
 
 
-async def _reject(scope: Scope, send: Send, credential_sent: bool) -> None:
-    # RFC 6750 §3.1: a request without credentials gets no error code in the challenge; a bad
-    # credential gets error="invalid_token" (clients then drop it and sign in again).
+# The OAuth scopes of the gateway's authorization server: the operations of the policy model that
+# MCP requests need (`proxy/auth/policy.py`: listing needs read, calling needs execute).
+SCOPES = ("read", "execute")
+
+
+def _resource(scope: Scope) -> str:
+    """This endpoint's URL as the protected-resource metadata names it (RFC 9728)."""
+    return scope["app"].state.settings.effective_public_url + scope["path"]
+
+
+def _audience_matches(audience: str, resource: str) -> bool:
+    """A token for a resource is good on it and below it (`/mcp/a` on `/mcp/a/github`), never
+    beside it (`/mcp/b`)."""
+    return resource == audience or resource.startswith(audience.rstrip("/") + "/")
+
+
+def challenge(scope: Scope, *params: str) -> str:
+    """A `WWW-Authenticate` value for an MCP path: where the metadata is and what scope to ask."""
     path: str = scope["path"]
-    params = ['realm="mcp-junction"']
-    if credential_sent:
-        params.append('error="invalid_token"')
+    public_url = scope["app"].state.settings.effective_public_url
+    return "Bearer " + ", ".join(
+        [
+            'realm="mcp-junction"',
+            *params,
+            f'resource_metadata="{public_url}/.well-known/oauth-protected-resource{path}"',
+            f'scope="{" ".join(SCOPES)}"',
+        ]
+    )
+
+
+def _scope_challenge(scope: Scope, send: Send) -> Send:
+    """For OAuth access tokens: a 403 says `insufficient_scope` so the client can ask for more."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 403:
+            headers = list(message.get("headers", ()))
+            if not any(name.lower() == b"www-authenticate" for name, _ in headers):
+                value = challenge(
+                    scope,
+                    'error="insufficient_scope"',
+                    'error_description="this access token does not allow this request"',
+                )
+                headers.append((b"www-authenticate", value.encode("latin-1")))
+                message = {**message, "headers": headers}
+        await send(message)
+
+    return sending
+
+
+async def _reject(scope: Scope, send: Send, credential_sent: bool, message: str | None = None) -> None:
+    # RFC 6750 §3.1: a request without credentials gets no error code in the challenge; a bad
+    # credential gets error="invalid_token" (clients then drop it and sign in again). On MCP paths
+    # every 401 says where to log in and what scope to ask (ChatGPT and Claude need both).
+    path: str = scope["path"]
+    error_param = ['error="invalid_token"'] if credential_sent else []
     if is_mcp_path(path):
-        public_url = scope["app"].state.settings.effective_public_url
-        params.append(f'resource_metadata="{public_url}/.well-known/oauth-protected-resource{path}"')
-    if credential_sent:
+        value = challenge(scope, *error_param)
+    else:
+        value = "Bearer " + ", ".join(['realm="mcp-junction"', *error_param])
+    if message is None and credential_sent:
         message = (
             "invalid, expired or revoked credential; send Authorization: Bearer <API key or service token>"
         )
-    else:
+    elif message is None:
         message = "missing credential; send Authorization: Bearer <API key or service token>"
-    error = Unauthorized(message, headers={"www-authenticate": "Bearer " + ", ".join(params)})
+    error = Unauthorized(message, headers={"www-authenticate": value})
     await send_error(scope, send, error)
 
 

@@ -103,7 +103,7 @@ class Principal:
     and its ancestors' (revoking any of them ends this one).
     """
 
-    kind: Literal["api_key", "service_token"]
+    kind: Literal["api_key", "service_token", "oauth"]
     id: str
     name: str
     key_id: str = ""
@@ -112,6 +112,12 @@ class Principal:
     expires_at: float = float("inf")
     # The chain as the token carries it (claims), to sign into the tokens it mints.
     claims: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+    # OAuth access tokens: the resource (RFC 8707) they were issued for, the namespace chosen at
+    # consent (what `/mcp` serves), the client they were issued to, and the granted scope.
+    audience: str | None = None
+    namespace: str | None = None
+    client_id: str | None = None
+    scope: str | None = None
 
     @property
     def admin(self) -> bool:

@@ -169,6 +169,8 @@ class ServiceTokens:
             self._cached_patterns += weight
         if time.time() >= principal.expires_at or any(t in self._revoked for t in principal.token_ids):
             return None
+        if not principal.key_id:  # a federated login's grant: it is its chain's root
+            return principal
         if not self._keys.is_live(principal.key_id) and not await self._unknown_key(principal.key_id):
             return None
         return principal
@@ -206,7 +208,8 @@ class ServiceTokens:
                 key,
                 algorithms=["EdDSA"],
                 issuer=self._issuer,
-                options={"require": ["exp", "iat", "iss", "jti"]},
+                # An access token's audience is the endpoint it was issued for; the route checks it.
+                options={"require": ["exp", "iat", "iss", "jti"], "verify_aud": False},
             )
             return _principal(claims)
         except (jwt.PyJWTError, ValueError, TypeError, KeyError):
@@ -215,6 +218,10 @@ class ServiceTokens:
     # --- minting, listing, revoking ---------------------------------------------------------
     async def mint(self, parent: Principal, policy: Any, ttl: int | None = None) -> MintedToken:
         """A token with `policy` under `parent` (an API key, or a token it narrows)."""
+        if parent.kind == "oauth":
+            raise Forbidden(
+                "an OAuth access token cannot mint service tokens; use an API key or a service token"
+            )
         if parent.kind == "service_token" and len(parent.policies) >= MAX_DEPTH:
             raise ValidationFailed(f"a token can be narrowed at most {MAX_DEPTH} times")
         now = int(time.time())
@@ -247,8 +254,6 @@ class ServiceTokens:
             created_at=datetime.fromtimestamp(now, UTC),
             expires_at=datetime.fromtimestamp(expires, UTC),
         )
-        assert self._signing is not None, "load() first"
-        kid, private = self._signing
         payload = {
             "iss": self._issuer,
             "jti": token_id,
@@ -258,14 +263,48 @@ class ServiceTokens:
             "anc": list(ancestors),
             "pol": [*parent.claims, claims],
         }
+        token = self._sign(payload)
+        await self._store.add_service_token(record)
+        return MintedToken(token=token, record=record)
+
+    def issue_access(self, grant: AccessGrant, ttl: int) -> str:
+        """An OAuth access token for `grant`: its login's chain of policies plus the consented
+        level, the grant's id among its ancestors (revoking the grant ends it), bound to the
+        resource it was asked for. Not stored: it lives `ttl` seconds at most."""
+        now = int(time.time())
+        expires = min(now + ttl, int(grant.login_expires_at))
+        level = [{**claim, "exp": min(claim.get("exp", expires), expires)} for claim in grant.level]
+        payload = {
+            "iss": self._issuer,
+            "jti": "oat_" + secrets.token_hex(12),
+            "key": grant.key_id,
+            "iat": now,
+            "exp": expires,
+            "anc": [*grant.token_ids, grant.grant_id],
+            "pol": [*grant.claims, level],
+            "aud": grant.audience,
+            "ns": grant.namespace,
+            "cid": grant.client_id,
+            "scope": grant.scope,
+            "sub": grant.subject,
+        }
+        return self._sign(payload)
+
+    def mark_revoked(self, token_id: str, expires_at: float) -> None:
+        """Refuse every token carrying `token_id` (its own or an ancestor's) from now on, here;
+        other instances read the revocation from the store."""
+        self._revoked[token_id] = expires_at
+
+    def _sign(self, payload: dict[str, Any]) -> str:
+        assert self._signing is not None, "load() first"
+        kid, private = self._signing
         token = jwt.encode(payload, private, algorithm="EdDSA", headers={"kid": kid})
         if len(token) > MAX_CREDENTIAL:
             raise ValidationFailed(
                 f"the token would be {len(token)} characters, over the {MAX_CREDENTIAL} a credential may "
                 "have; use fewer or shorter constraints (or fewer levels of narrowing)"
             )
-        await self._store.add_service_token(record)
-        return MintedToken(token=token, record=record)
+        return token
 
     async def list(self, caller: Principal) -> list[ServiceTokenRecord]:
         """The live tokens under the caller: all its key minted, or a token's descendants."""
@@ -297,17 +336,22 @@ def _principal(claims: dict[str, Any]) -> Principal:
     """The caller a verified token stands for. Raises ValueError/TypeError when malformed."""
     levels = claims["pol"]
     ancestors = claims.get("anc", [])
+    access = "aud" in claims  # an OAuth access token: one more level, and its grant as ancestor
     if (
         not isinstance(levels, list)
-        or not 1 <= len(levels) <= MAX_DEPTH
+        or not 1 <= len(levels) <= MAX_DEPTH + access
         or not isinstance(ancestors, list)
-        or len(ancestors) != len(levels) - 1
+        or len(ancestors) != len(levels) - 1 + access
         or not all(isinstance(a, str) for a in ancestors)
         or not isinstance(claims["key"], str)
         or not isinstance(claims["jti"], str)
     ):
         raise ValueError("malformed token claims")
     policies = tuple(compile_policy(level) for level in levels)
+    if access:
+        return _access_principal(claims, policies, ancestors)
+    if not claims["key"]:
+        raise ValueError("a service token names the API key it was minted under")
     return Principal(
         kind="service_token",
         id=claims["jti"],
@@ -318,3 +362,43 @@ def _principal(claims: dict[str, Any]) -> Principal:
         expires_at=float(claims["exp"]),
         claims=tuple(levels),
     )
+
+
+def _access_principal(claims: dict[str, Any], policies: tuple[Any, ...], ancestors: list[str]) -> Principal:
+    """The caller an OAuth access token stands for (kind "oauth")."""
+    for name in ("aud", "ns", "cid", "scope", "sub"):
+        if not isinstance(claims.get(name), str):
+            raise ValueError("malformed access token claims")
+    if not ancestors or not ancestors[-1].startswith("grt_"):
+        raise ValueError("an access token's last ancestor is its grant")
+    return Principal(
+        kind="oauth",
+        id=claims["jti"],
+        name=claims["sub"],
+        key_id=claims["key"],
+        policies=policies,
+        token_ids=(*ancestors, claims["jti"]),
+        expires_at=float(claims["exp"]),
+        claims=tuple(claims["pol"]),
+        audience=claims["aud"],
+        namespace=claims["ns"],
+        client_id=claims["cid"],
+        scope=claims["scope"],
+    )
+
+
+@dataclass(frozen=True)
+class AccessGrant:
+    """What an OAuth access token is issued from: a consented grant and the login behind it."""
+
+    grant_id: str
+    key_id: str  # the API key the login's chain began with; "" for a federated login
+    token_ids: tuple[str, ...]  # the service token pasted at login, with its ancestors
+    claims: tuple[Any, ...]  # the login's chain of policies
+    level: list[dict[str, Any]]  # the consented narrowing (namespace, operations)
+    login_expires_at: float
+    audience: str
+    namespace: str
+    client_id: str
+    scope: str
+    subject: str

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """A stored time as an aware UTC datetime (SQLite gives them back naive)."""
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -62,3 +69,42 @@ class ServiceTokenRecord:
     created_at: datetime
     expires_at: datetime
     revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OAuthClientRecord:
+    """A client registered through RFC 7591 dynamic registration (its secret only as a hash)."""
+
+    client_id: str
+    metadata: dict[str, Any]
+    created_at: datetime
+    secret_hash: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class OAuthGrantRecord:
+    """A person's consent for one client to use one namespace; its refresh tokens and access
+    tokens live as long as it does. `login` holds who consented and the chain the grant narrows
+    (`keyId` is the API key that began it, "" for a federated login)."""
+
+    id: str
+    client_id: str
+    client_name: str
+    redirect_uri: str
+    resource: str
+    namespace: str
+    scope: str
+    key_id: str
+    login: dict[str, Any]
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AuthCodeRecord:
+    code_hash: str = field(repr=False)
+    grant_id: str
+    code_challenge: str
+    expires_at: datetime
+    used_at: datetime | None = None

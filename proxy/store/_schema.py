@@ -74,8 +74,55 @@ service_tokens = sa.Table(
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True, index=True),
 )
 
+# The gateway as an OAuth authorization server (proxy/oauth_server/). Secrets are stored as hashes.
+oauth_clients = sa.Table(
+    "oauth_clients",
+    metadata,
+    sa.Column("client_id", sa.String(64), primary_key=True),
+    sa.Column("metadata", sa.JSON, nullable=False),  # the registered client metadata (RFC 7591)
+    sa.Column("secret_hash", sa.String(64), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+oauth_grants = sa.Table(
+    "oauth_grants",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("client_id", sa.String(2048), nullable=False),
+    sa.Column("client_name", sa.String(255), nullable=False),
+    sa.Column("redirect_uri", sa.Text, nullable=False),
+    sa.Column("resource", sa.Text, nullable=False),
+    sa.Column("namespace", sa.String(39), nullable=False),
+    sa.Column("scope", sa.String(255), nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False, index=True),
+    sa.Column("login", sa.JSON, nullable=False),  # who consented, and the chain their grant narrows
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True, index=True),
+)
+
+oauth_codes = sa.Table(
+    "oauth_codes",
+    metadata,
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column("grant_id", sa.String(32), nullable=False),
+    sa.Column("code_challenge", sa.String(128), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+oauth_refresh_tokens = sa.Table(
+    "oauth_refresh_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("grant_id", sa.String(32), nullable=False, index=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+)
+
 # Each migration is a list of tables created at that version; later versions add ALTERs here.
 MIGRATIONS: list[list[sa.Table]] = [
     [namespaces, connections, api_keys],
     [signing_keys, service_tokens],
+    [oauth_clients, oauth_grants, oauth_codes, oauth_refresh_tokens],
 ]

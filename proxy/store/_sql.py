@@ -20,11 +20,18 @@ from proxy.store._models import (
     NamespaceRecord,
     ServiceTokenRecord,
     SigningKeyRecord,
+    _utc,
 )
+from proxy.store._oauth import OAuthStore, SqlOAuthStore
 
 
 class Store(Protocol):
     """What the gateway needs from durable storage; SQLite and PostgreSQL implement it."""
+
+    @property
+    def oauth(self) -> OAuthStore:
+        """The authorization server's rows."""
+        ...
 
     async def close(self) -> None: ...
     async def create_namespace(self, name: str, tool_names: str = "auto") -> tuple[NamespaceRecord, bool]: ...
@@ -57,12 +64,6 @@ class Store(Protocol):
     async def service_token(self, token_id: str) -> ServiceTokenRecord | None: ...
     async def revoke_service_token(self, token_id: str, when: datetime) -> bool: ...
     async def revocations(self, since: datetime) -> list[tuple[str, datetime]]: ...
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _namespace(row: sa.Row[Any]) -> NamespaceRecord:
@@ -115,6 +116,7 @@ class SqlStore:
 
     def __init__(self, engine: AsyncEngine):
         self._engine = engine
+        self.oauth = SqlOAuthStore(engine)
 
     async def migrate(self) -> None:
         """Bring the schema to the newest version; safe to run on every start."""
@@ -354,11 +356,16 @@ class SqlStore:
             return result.rowcount > 0
 
     async def revocations(self, since: datetime) -> list[tuple[str, datetime]]:
-        """(token id, expiry) of the tokens revoked at or after `since` that have not yet expired."""
+        """(id, expiry) of the service tokens and OAuth grants revoked at or after `since` that
+        have not yet expired (an OAuth access token carries its grant's id among its ancestors)."""
         c = t.service_tokens.c
+        g = t.oauth_grants.c
         async with self._engine.connect() as conn:
             rows = await conn.execute(
-                sa.select(c.id, c.expires_at).where(c.revoked_at >= since, c.expires_at > since)
+                sa.union_all(
+                    sa.select(c.id, c.expires_at).where(c.revoked_at >= since, c.expires_at > since),
+                    sa.select(g.id, g.expires_at).where(g.revoked_at >= since, g.expires_at > since),
+                )
             )
             return [(r.id, _utc(r.expires_at)) for r in rows]  # type: ignore[misc]
 
