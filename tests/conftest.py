@@ -678,3 +678,6 @@ def start_oidc_provider(
     yield start
     for provider in started:
         provider.stop()
+
+
+from _browser import _browser_loop, _browser_session, browser, page, pytest_collection_finish  # noqa: E402,F401
