@@ -75,7 +75,6 @@ def test_a_request_from_a_foreign_origin_is_refused_on_every_route(start_gateway
         client.put("/team-a/c1", json={"mcpUrl": DEAD_URL})
         for method, path in [
             ("GET", "/health"),
-            ("GET", "/.well-known/oauth-protected-resource/mcp/team-a"),
             ("GET", "/namespaces"),
             ("POST", "/keys"),
             ("GET", "/team-a"),
@@ -90,6 +89,20 @@ def test_a_request_from_a_foreign_origin_is_refused_on_every_route(start_gateway
             assert _is_rpc_error(response)["data"] == {"error": "forbidden_origin"}
         assert _is_rpc_error(client.get("/mcp/team-a", headers=evil))["data"]["error"] == "forbidden_origin"
         assert client.get("/namespaces", headers={"origin": "null"}).status_code == 403
+        # OAuth discovery and the token endpoints act on no ambient credential: browser-based MCP
+        # clients call them from their own origin.
+        for path in (
+            "/.well-known/oauth-protected-resource/mcp/team-a",
+            "/.well-known/oauth-authorization-server",
+        ):
+            response = client.get(path, headers=evil)
+            assert (
+                response.status_code == 200
+                and response.headers["access-control-allow-origin"] == evil["origin"]
+            )
+        form = {"grant_type": "refresh_token", "refresh_token": "x", "client_id": "jc_unknown"}
+        token = client.post("/token", headers=evil, data=form)
+        assert token.status_code == 401 and token.json()["error"] == "invalid_client"
         # Allowed: the listed origins (spelled as a browser may), the public URL's, and no Origin at all.
         for origin in ("https://APP.example.com:443", "http://localhost:6274", gw.url, None):
             headers = {"origin": origin} if origin else {}

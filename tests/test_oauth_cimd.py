@@ -243,7 +243,7 @@ def test_loopback_document_is_refused_before_connecting_unless_allowed(
     gateway = start_gateway(JUNCTION_OAUTH_CA_FILE=ca_file)
     client_id = documents.serve_client("/oauth/client.json")
     message = error_page(open_authorize(gateway, client_id))
-    assert "not reachable" in message and "loopback or private address" in message, message
+    assert "does not fetch from" in message and "loopback and private addresses" in message, message
     assert "127.0.0.1" in message, message
     assert documents.connections == 0 and documents.requests == [], documents.requests
 

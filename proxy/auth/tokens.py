@@ -341,7 +341,9 @@ def _principal(claims: dict[str, Any]) -> Principal:
         not isinstance(levels, list)
         or not 1 <= len(levels) <= MAX_DEPTH + access
         or not isinstance(ancestors, list)
-        or len(ancestors) != len(levels) - 1 + access
+        # A service token's levels are its ancestors' and its own. An access token's are its
+        # login's (a service token chain, or one level of a federated login) and its grant's.
+        or not (1 <= len(ancestors) <= len(levels) if access else len(ancestors) == len(levels) - 1)
         or not all(isinstance(a, str) for a in ancestors)
         or not isinstance(claims["key"], str)
         or not isinstance(claims["jti"], str)

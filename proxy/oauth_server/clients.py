@@ -248,7 +248,9 @@ class Clients:
         except UpstreamRefused as exc:
             raise OAuthError(
                 "invalid_client",
-                f"the client's metadata document is not reachable: {exc.message}",
+                f"the client's metadata document is at an address this gateway does not fetch from "
+                f"({(parts.hostname or '')[:100]}); loopback and private addresses are allowed only with "
+                "allow_private_client_metadata (JUNCTION_ALLOW_PRIVATE_CLIENT_METADATA=1)",
                 status=401,
             ) from exc
         except (httpx2.HTTPError, TimeoutError, OSError) as exc:
