@@ -366,6 +366,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             tg.start_soon(pool.run_reaper, min(60.0, settings.session_idle_timeout))
             tg.start_soon(api_keys.run_flusher)
             tg.start_soon(service_tokens.run_sync)
+            tg.start_soon(oauth_server.run_pruner)
             # Everything built so far lives as long as the process: keep the collector off it.
             gc.collect()
             gc.freeze()

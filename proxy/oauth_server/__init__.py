@@ -8,8 +8,11 @@ no token it receives is ever sent upstream.
 
 from __future__ import annotations
 
+import logging
 import ssl
+from datetime import UTC, datetime
 
+import anyio
 import httpx2
 
 from proxy.auth.middleware import Authentication
@@ -20,6 +23,9 @@ from proxy.oauth_server.oidc import OidcLogin
 from proxy.settings import Settings
 from proxy.store import Store
 from proxy.vault import Vault
+
+log = logging.getLogger("junction.oauth")
+PRUNE_INTERVAL = 3600.0
 
 
 class AuthorizationServer:
@@ -47,6 +53,15 @@ class AuthorizationServer:
                 verify.load_verify_locations(settings.oauth_ca_file)
             self._http = httpx2.AsyncClient(timeout=10.0, verify=verify, trust_env=False)
             self.oidc = OidcLogin(settings, self._http)
+
+    async def run_pruner(self, interval: float = PRUNE_INTERVAL) -> None:
+        """Delete spent codes and the refresh tokens of ended grants, now and every `interval` s."""
+        while True:
+            try:
+                await self.store.oauth.prune(datetime.now(UTC))
+            except Exception:  # the store is down: try again next round
+                log.warning("could not prune spent OAuth codes and refresh tokens", exc_info=True)
+            await anyio.sleep(interval)
 
     async def aclose(self) -> None:
         await self.clients.aclose()

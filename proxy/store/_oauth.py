@@ -30,6 +30,7 @@ class OAuthStore(Protocol):
     async def use_code(self, code_hash: str, when: datetime) -> tuple[Use, AuthCodeRecord | None]: ...
     async def add_refresh_token(self, token_hash: str, grant_id: str, when: datetime) -> None: ...
     async def use_refresh_token(self, token_hash: str, when: datetime) -> tuple[Use, str | None]: ...
+    async def prune(self, now: datetime) -> int: ...
 
 
 def _grant(row: sa.Row[Any]) -> OAuthGrantRecord:
@@ -138,3 +139,17 @@ class SqlOAuthStore:
                 .values(used_at=when)
             )
         return ("ok" if result.rowcount > 0 else "used"), row.grant_id
+
+    async def prune(self, now: datetime) -> int:
+        """Delete what can no longer be used: expired codes, and the refresh tokens of grants that
+        were revoked or have expired (a used one is kept while its grant lives, to catch reuse)."""
+        codes = t.oauth_codes.c
+        refresh = t.oauth_refresh_tokens.c
+        grants = t.oauth_grants.c
+        dead = sa.select(grants.id).where(sa.or_(grants.revoked_at.is_not(None), grants.expires_at <= now))
+        async with self._engine.begin() as conn:
+            removed = (await conn.execute(sa.delete(t.oauth_codes).where(codes.expires_at <= now))).rowcount
+            removed += (
+                await conn.execute(sa.delete(t.oauth_refresh_tokens).where(refresh.grant_id.in_(dead)))
+            ).rowcount
+        return int(removed)
