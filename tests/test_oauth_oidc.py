@@ -26,8 +26,9 @@ from conftest import Gateway, OidcProvider, Upstream
 from mcp import Client
 from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from mcp.shared.auth import OAuthClientMetadata
 from mcp.shared.exceptions import MCPError
+from test_oauth_sdk import MemoryStorage
 
 LIMIT = 60.0  # every wait in this file is bounded by it
 CALLBACK = "/oauth/oidc/callback"
@@ -162,24 +163,6 @@ class Browser:
 
 
 # --- the official SDK client ----------------------------------------------------------------------
-
-
-class MemoryStorage:
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client = client_info
 
 
 class SdkLogin:
