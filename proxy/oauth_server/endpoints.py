@@ -8,7 +8,9 @@ with `state` and `iss` (RFC 9207).
 from __future__ import annotations
 
 import base64
+import functools
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlencode
@@ -96,17 +98,33 @@ async def authorize(request: Request) -> Response:
     return _login_page(server, client, flow)
 
 
+def _page(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A browser page's endpoint: a refused request is an error page, never JSON or a redirect."""
+
+    @functools.wraps(endpoint)
+    async def answer(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except OAuthError as exc:
+            return _error_page(exc.message, 403 if exc.error == "access_denied" else 400)
+
+    return answer
+
+
+async def _resume(request: Request, blob: str | None) -> tuple[AuthorizationServer, Flow, Client]:
+    """The sign-in a page belongs to: its sealed flow, checked against this browser's cookie."""
+    server = _server(request)
+    flow = unseal(server.vault, blob, request.cookies.get(CSRF_COOKIE))
+    return server, flow, await server.clients.get(flow.client_id)
+
+
+@_page
 async def login(request: Request) -> Response:
     """The `key` method: an API key or service token pasted into the sign-in page."""
-    server = _server(request)
     form = await _form(request)
-    try:
-        flow = unseal(server.vault, form.get("flow"), request.cookies.get(CSRF_COOKIE))
-        client = await server.clients.get(flow.client_id)
-    except OAuthError as exc:
-        return _error_page(exc.message)
+    server, flow, client = await _resume(request, form.get("flow"))
     if "key" not in server.settings.oauth_login:
-        return _error_page("signing in with a key is turned off on this gateway")
+        raise OAuthError("invalid_request", "signing in with a key is turned off on this gateway")
     credential = (form.get("credential") or "").strip()
     caller = await server.authentication.authenticate(credential) if credential else None
     if caller is None or caller.kind == "oauth":
@@ -114,54 +132,39 @@ async def login(request: Request) -> Response:
     return await _consent_page(request, server, client, flow.logged_in(login_of(caller)))
 
 
+@_page
 async def login_oidc(request: Request) -> Response:
     """The `oidc` method: off to the configured provider, with the flow sealed into `state`."""
-    server = _server(request)
-    form = await _form(request)
-    try:
-        flow = unseal(server.vault, form.get("flow"), request.cookies.get(CSRF_COOKIE))
-        if server.oidc is None:
-            raise OAuthError("invalid_request", "single sign-on is not configured on this gateway")
-        nonce, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(48)
-        # The provider hands `state` back: the flow rides in it, with its nonce and our verifier.
-        state = seal(server.vault, replace(flow, nonce=nonce, verifier=verifier))
-        callback = server.settings.effective_public_url + OIDC_CALLBACK
-        url = await server.oidc.authorization_url(callback, state, nonce, verifier)
-    except OAuthError as exc:
-        return _error_page(exc.message)
+    server, flow, _ = await _resume(request, (await _form(request)).get("flow"))
+    if server.oidc is None:
+        raise OAuthError("invalid_request", "single sign-on is not configured on this gateway")
+    nonce, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(48)
+    # The provider hands `state` back: the flow rides in it, with its nonce and our verifier.
+    state = seal(server.vault, replace(flow, nonce=nonce, verifier=verifier))
+    callback = server.settings.effective_public_url + OIDC_CALLBACK
+    url = await server.oidc.authorization_url(callback, state, nonce, verifier)
     return RedirectResponse(url, status_code=303, headers={"cache-control": "no-store"})
 
 
+@_page
 async def oidc_callback(request: Request) -> Response:
-    server = _server(request)
     params = request.query_params
-    try:
-        flow = unseal(server.vault, params.get("state"), request.cookies.get(CSRF_COOKIE))
-        client = await server.clients.get(flow.client_id)
-    except OAuthError as exc:
-        return _error_page(exc.message)
+    server, flow, client = await _resume(request, params.get("state"))
     if params.get("error") or not params.get("code"):
         return _redirect(server, flow.redirect_uri, {"error": "access_denied", "state": flow.state})
-    try:
-        assert server.oidc is not None and flow.nonce and flow.verifier
-        who = await server.oidc.finish(
-            params["code"], server.settings.effective_public_url + OIDC_CALLBACK, flow.nonce, flow.verifier
-        )
-    except OAuthError as exc:
-        return _error_page(exc.message, status=403)
+    if server.oidc is None or not flow.nonce or not flow.verifier:
+        raise OAuthError("invalid_request", "this sign-in did not start with single sign-on")
+    callback = server.settings.effective_public_url + OIDC_CALLBACK
+    who = await server.oidc.finish(params["code"], callback, flow.nonce, flow.verifier)
     return await _consent_page(request, server, client, flow.logged_in(who))
 
 
+@_page
 async def consent(request: Request) -> Response:
-    server = _server(request)
     form = await _form(request)
-    try:
-        flow = unseal(server.vault, form.get("flow"), request.cookies.get(CSRF_COOKIE))
-        client = await server.clients.get(flow.client_id)
-        if flow.login is None:
-            raise OAuthError("invalid_request", "sign in first")
-    except OAuthError as exc:
-        return _error_page(exc.message)
+    server, flow, client = await _resume(request, form.get("flow"))
+    if flow.login is None:
+        raise OAuthError("invalid_request", "sign in first")
     if form.get("decision") != "approve":
         return _redirect(
             server, flow.redirect_uri, {"error": "access_denied", "state": flow.state}, status=303
@@ -169,7 +172,7 @@ async def consent(request: Request) -> Response:
     choices = await _namespaces(request, flow.login, flow.namespace)
     namespace = form.get("namespace")
     if namespace not in choices:
-        return _error_page("choose one of the namespaces this sign-in may use")
+        raise OAuthError("invalid_request", "choose one of the namespaces this sign-in may use")
     code = await server.grants.approve(flow, client, namespace)
     return _redirect(server, flow.redirect_uri, {"code": code, "state": flow.state}, status=303)
 

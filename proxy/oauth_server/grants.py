@@ -10,7 +10,6 @@ twice revokes the grant (RFC 6819 §5.2.2.3, the OAuth 2.1 rule for public clien
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
@@ -23,7 +22,7 @@ from proxy.auth.policy import Principal
 from proxy.auth.tokens import AccessGrant, ServiceTokens
 from proxy.errors import NotFound, OAuthError
 from proxy.oauth_server.clients import Client
-from proxy.oauth_server.flow import Flow, Login
+from proxy.oauth_server.flow import Flow, Login, s256
 from proxy.settings import Settings
 from proxy.store import AuthCodeRecord, OAuthGrantRecord, OAuthStore
 
@@ -132,7 +131,7 @@ class Grants:
             raise OAuthError("invalid_target", "resource differs from the one of the authorization request")
         if not verifier or not 43 <= len(verifier) <= 128:
             raise OAuthError("invalid_grant", "code_verifier is missing or malformed")
-        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        challenge = s256(verifier)
         if not hmac.compare_digest(challenge, record.code_challenge):
             raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
         return await self._issue(grant, grant.scope)

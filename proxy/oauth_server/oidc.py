@@ -9,8 +9,6 @@ The provider is configured by the operator, so its URLs are trusted (no SSRF scr
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import time
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -19,7 +17,7 @@ import httpx2
 import jwt
 
 from proxy.errors import OAuthError
-from proxy.oauth_server.flow import Login
+from proxy.oauth_server.flow import Login, s256
 from proxy.settings import Settings
 
 _ALGORITHMS: Final = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
@@ -42,7 +40,7 @@ class OidcLogin:
     async def authorization_url(self, redirect_uri: str, state: str, nonce: str, verifier: str) -> str:
         """Where to send the person: the provider's sign-in, with our nonce and PKCE challenge."""
         metadata = await self._discover()
-        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        challenge = s256(verifier)
         query = urlencode(
             {
                 "response_type": "code",
