@@ -12,6 +12,7 @@ from proxy import __version__
 from proxy.cli._auth import auth
 from proxy.cli._connections import mcp
 from proxy.cli._errors import CliError
+from proxy.cli._grants import grants
 from proxy.cli._keys import keys
 from proxy.cli._namespaces import namespace
 from proxy.cli._tokens import mint_token, tokens
@@ -53,7 +54,7 @@ def serve(host: str | None, port: int | None, config_file: str | None) -> None:
 
 
 auth.add_command(mint_token)
-for group in (auth, keys, tokens, namespace, mcp, tool):
+for group in (auth, keys, tokens, grants, namespace, mcp, tool):
     cli.add_command(group)
 
 
