@@ -348,6 +348,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             manager = build_session_manager(server, settings)
             authentication = Authentication(service_tokens, api_keys)
             oauth_server = AuthorizationServer(settings, store, vault, service_tokens, authentication)
+            await oauth_server.prune()
             app.state.gateway = Gateway(
                 settings=settings,
                 store=store,

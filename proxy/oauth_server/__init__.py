@@ -54,14 +54,20 @@ class AuthorizationServer:
             self._http = httpx2.AsyncClient(timeout=10.0, verify=verify, trust_env=False)
             self.oidc = OidcLogin(settings, self._http)
 
+    async def prune(self) -> None:
+        """Delete spent codes and the refresh tokens of ended grants."""
+        await self.store.oauth.prune(datetime.now(UTC))
+
     async def run_pruner(self, interval: float = PRUNE_INTERVAL) -> None:
-        """Delete spent codes and the refresh tokens of ended grants, now and every `interval` s."""
+        """`prune` every `interval` seconds, forever (the lifespan prunes once at start)."""
         while True:
+            # Sleep first: a task cancelled while the store is mid-write (a failed start) would
+            # hold up the process's exit.
+            await anyio.sleep(interval)
             try:
-                await self.store.oauth.prune(datetime.now(UTC))
+                await self.prune()
             except Exception:  # the store is down: try again next round
                 log.warning("could not prune spent OAuth codes and refresh tokens", exc_info=True)
-            await anyio.sleep(interval)
 
     async def aclose(self) -> None:
         await self.clients.aclose()
