@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 from typing import Any
 from urllib.parse import urlencode
@@ -483,8 +484,6 @@ def test_claude_gets_its_protocol_version_and_ping_always_answers(gw: Gateway) -
 
 
 def _sse_result(body: str) -> Any:
-    import json
-
     for line in body.splitlines():
         if line.startswith("data:"):
             return json.loads(line[5:])["result"]
@@ -510,3 +509,53 @@ def test_grants_are_listed_and_revocable_by_whoever_gave_them(gw: Gateway) -> No
         assert admin.delete(f"/oauth/grants/{grant['id']}").status_code == 204
         assert admin.delete(f"/oauth/grants/{grant['id']}").status_code == 404
     assert rpc(gw, "/mcp/team", tokens["access_token"], "tools/list").status_code == 401
+
+
+def test_no_token_a_client_sends_ever_reaches_an_upstream(gw: Gateway, modern_upstream: Upstream) -> None:
+    with gw.client() as admin:
+        body = {"mcpUrl": modern_upstream.url, "headers": {"Authorization": "Bearer upstream-own-secret"}}
+        assert admin.put("/team/keyed", json=body).status_code == 201
+    client = register(gw)["client_id"]
+    access = login(gw, client, "team", gw.admin_key)["access_token"]
+    seen = {}
+    for tool in ("alice__headers", "keyed__headers"):
+        call = rpc(
+            gw, "/mcp/team", access, "tools/call", {"name": tool, "arguments": {"name": "authorization"}}
+        )
+        assert call.status_code == 200, call.text
+        seen[tool] = call.json()["result"]["content"][0]["text"]
+    # The upstream without credentials sees none; the one with its own sees its own, never ours.
+    assert seen == {"alice__headers": "", "keyed__headers": "Bearer upstream-own-secret"}
+    assert access not in str(seen)
+
+
+def test_a_configured_client_authenticates_with_its_secret(
+    start_gateway: Any, modern_upstream: Upstream
+) -> None:
+    clients = [
+        {
+            "client_id": "my-app",
+            "client_name": "My app",
+            "client_secret": "s3cret-of-my-app",
+            "redirect_uris": [REDIRECT],
+        }
+    ]
+    gw = start_gateway(JUNCTION_OAUTH_CLIENTS=json.dumps(clients))
+    with gw.client() as admin:
+        assert admin.put("/namespaces/team").status_code in (200, 201)
+        assert admin.put("/team/main", json={"mcpUrl": modern_upstream.url}).status_code == 201
+    code = Code(gw, "my-app", gw.mcp_url("team"))
+    consent = Person(gw.url).sign_in(code.url, gw.admin_key)
+    assert "My app" in consent.text
+    back = query(Person(gw.url).authorize(code.url, gw.admin_key))
+    form = {
+        "grant_type": "authorization_code",
+        "code": back["code"],
+        "redirect_uri": REDIRECT,
+        "code_verifier": code.verifier,
+    }
+    wrong = httpx2.post(gw.url + "/token", data=form, auth=("my-app", "not-it"))
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+    right = httpx2.post(gw.url + "/token", data=form, auth=("my-app", "s3cret-of-my-app"))
+    assert right.status_code == 200, right.text
+    assert "main__echo" in tool_names(rpc(gw, "/mcp/team", right.json()["access_token"], "tools/list"))
