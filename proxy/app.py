@@ -424,9 +424,10 @@ async def _check_master_key(store: Store, vault: Vault, settings: Settings) -> N
 
 
 class McpFirst:
-    """Sends `POST /mcp/{namespace}` straight to the namespace endpoint (behind the same auth),
-    skipping the router and exception middleware: it is the hottest route and handles its own
-    errors. Everything else goes through the Starlette app."""
+    """Sends `POST /mcp/{namespace}` and `POST /mcp` (the namespace chosen at OAuth consent)
+    straight to the namespace endpoint (behind the same auth), skipping the router and exception
+    middleware: it is the hottest route and handles its own errors. Everything else goes through
+    the Starlette app."""
 
     def __init__(self, app: Starlette, public_url: str):
         self.app = app
@@ -438,6 +439,11 @@ class McpFirst:
             if path.startswith("/mcp/") and "/" not in path[5:] and len(path) > 5:
                 scope["app"] = self.app
                 scope["path_params"] = {"namespace": path[5:]}
+                await self.endpoint(scope, receive, send)
+                return
+            if path == "/mcp":
+                scope["app"] = self.app
+                scope["path_params"] = {}
                 await self.endpoint(scope, receive, send)
                 return
         await self.app(scope, receive, send)
