@@ -1,8 +1,9 @@
 """Rendering of the browser pages: Jinja2 templates, escaped by default, no JavaScript.
 
 Every page forbids being framed (`frame-ancestors 'none'`, `X-Frame-Options: DENY`, so no other
-site can overlay a consent button), loads nothing from elsewhere, sends no referrer (the URL holds
-the authorization request) and is never cached.
+site can overlay a consent button), loads nothing from elsewhere, sends no referrer off the
+gateway (the URL holds the authorization request; our own forms still name their origin) and is
+never cached.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ SECURITY_HEADERS: Final = {
     ),
     "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # Not "no-referrer": a form posted from a page under that policy carries `Origin: null`, which
+    # the origin check refuses. Same-origin requests name us; nothing else learns the URL.
+    "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
 
