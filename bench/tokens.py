@@ -1,6 +1,7 @@
-"""What a service token costs the gateway on `tools/call`, against the same call with an API key.
+"""What a service token or an OAuth access token costs the gateway on `tools/call`, against the
+same call with an API key.
 
-    .venv/bin/python bench/tokens.py            # about 4 minutes
+    .venv/bin/python bench/tokens.py            # about 5 minutes on a quiet machine
     .venv/bin/python bench/tokens.py --quick    # smoke run, under a minute
     .venv/bin/python bench/tokens.py --profile 20   # and py-spy: API key against chain token
 
@@ -12,7 +13,14 @@ key:
 - `token: metadata`: `{"namespaces": "bench", "metadata": {"userId": "u1"}}`;
 - `token: rpcReqMatch`: the same plus `rpcReqMatch {"method": "^tools/call$", "params.name": "^u1__echo$"}`;
 - `token: 3-level chain`: `{"namespaces": "bench"}`, narrowed by that token to the metadata above,
-  narrowed again to `operations: execute` with the rpcReqMatch above (every level is evaluated).
+  narrowed again to `operations: execute` with the rpcReqMatch above (every level is evaluated);
+- `oauth access token`: from the gateway's authorization server over HTTP, as a client gets one
+  (register a public client, `/authorize` with PKCE S256 and `resource=<gateway>/mcp/bench`, sign
+  in with the admin key, approve namespace `bench`, exchange the code at `/token`). Signed in with
+  an API key, its chain is the consent level alone (`{"namespaces": ["bench"], "resources":
+  ["connections"], "operations": ["read", "execute"]}`, checked), so it compares with `token:
+  metadata`; on MCP paths the middleware also checks its audience against the request URL and
+  wraps `send` (a 403 gets an `insufficient_scope` challenge).
 
 Then bare aiohttp JSON-RPC clients (`overhead.RawCaller`, 2026-07-28, stateless) call `u1__echo`
 through `/mcp/bench` with each credential at each concurrency: `--warmup` calls each, then
@@ -25,17 +33,24 @@ Last, in-process (no HTTP, no event loop) timeit of the pieces a token adds to a
 middleware's authentication (header to `Principal`; a cached token is a dict lookup plus the
 expiry, revocation and key checks), the JSON parse of the body for the policy (`app._message`),
 the three `allows()` checks (`NamespaceMCP` gates the namespace, then the message, with
-`require_mcp`; `Catalog.resolve` checks the connection record), and one rpcReqMatch pattern's
-match. With `--profile SECONDS`, py-spy then samples the gateway under c=8 load with the API key
-and with the chain token, and each auth or policy function's share of the samples is shown as us
-per call. JSON goes to bench/out/tokens.json.
+`require_mcp`; `Catalog.resolve` checks the connection record), for the access token (minted
+in process with `ServiceTokens.issue_access`, the consent level above) the audience check and the
+wrapped `send` of a response's two messages, and one rpcReqMatch pattern's match. With
+`--profile SECONDS`, py-spy then samples the gateway under c=8 load with the API key and with the
+chain token, and each auth or policy function's share of the samples is shown as us per call.
+JSON goes to bench/out/tokens.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import html
 import json
 import math
+import re
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -46,9 +61,12 @@ import timeit
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
+import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -96,6 +114,11 @@ TOKENS: dict[str, list[dict[str, Any]]] = {
         {"operations": "execute", "rpcReqMatch": RPC_MATCH},
     ],
 }
+OAUTH = "oauth access token"
+# The level the authorization server adds at consent (no `scope` asked: read and execute).
+OAUTH_LEVEL = {"namespaces": [NAMESPACE], "resources": ["connections"], "operations": ["read", "execute"]}
+REDIRECT = "http://127.0.0.1:9/callback"  # never followed: the code is read from the Location
+HIDDEN = re.compile(r'<input type="hidden" name="(\w+)" value="([^"]*)">')
 
 
 # --- through HTTP ---------------------------------------------------------------------------------
@@ -105,6 +128,64 @@ def mint_chain(gateway: Proc, admin_key: str, levels: list[dict[str, Any]]) -> s
     for policy in levels:
         credential = rest_ok(gateway, credential, "POST", "/tokens", {"policy": [policy]})["token"]
     return credential
+
+
+def oauth_login(gateway: Proc, credential: str) -> str:
+    """An access token for `/mcp/<namespace>` through the authorization code flow, signed in with
+    `credential`: what a browser and a public client do, over plain HTTP."""
+    base = f"http://127.0.0.1:{gateway.port}"
+    resource = f"{base}/mcp/{NAMESPACE}"
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    state = secrets.token_urlsafe(8)
+
+    def ok(response: httpx2.Response, status: int = 200) -> httpx2.Response:
+        if response.status_code != status:
+            raise RuntimeError(
+                f"{response.request.url.path} -> {response.status_code}: {response.text[:500]}"
+            )
+        return response
+
+    def hidden(page: httpx2.Response) -> dict[str, str]:
+        return {name: html.unescape(value) for name, value in HIDDEN.findall(page.text)}
+
+    # One client keeps the cookie /authorize sets, as the browser would.
+    with httpx2.Client(base_url=base, timeout=30.0, follow_redirects=False, trust_env=False) as http:
+        client = {"client_name": "bench", "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}
+        client_id = ok(http.post("/register", json=client), 201).json()["client_id"]
+        params = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": REDIRECT,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "state": state,
+            "resource": resource,
+        }
+        page = ok(http.get("/authorize", params=params))
+        page = ok(
+            http.post("/authorize/login", data={"flow": hidden(page)["flow"], "credential": credential})
+        )
+        form = {"flow": hidden(page)["flow"], "namespace": NAMESPACE, "decision": "approve"}
+        back = ok(http.post("/authorize/consent", data=form), 303)
+        query = {k: v[0] for k, v in parse_qs(urlsplit(back.headers["location"]).query).items()}
+        if query.get("state") != state:
+            raise RuntimeError(f"the redirect carries state {query.get('state')!r}, not ours")
+        exchange = {
+            "grant_type": "authorization_code",
+            "code": query["code"],
+            "redirect_uri": REDIRECT,
+            "client_id": client_id,
+            "code_verifier": verifier,
+            "resource": resource,
+        }
+        token: str = ok(http.post("/token", data=exchange)).json()["access_token"]
+    # The micro timings mint the same chain in process: check that it is the consent level alone.
+    payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    levels = [[{k: v for k, v in c.items() if k != "exp"} for c in level] for level in payload["pol"]]
+    if levels != [[OAUTH_LEVEL]] or payload["aud"] != resource:
+        raise RuntimeError(f"unexpected access token claims: {payload}")
+    return token
 
 
 def setup(gateway: Proc, upstream: Proc, admin_key: str) -> dict[str, str]:
@@ -117,6 +198,7 @@ def setup(gateway: Proc, upstream: Proc, admin_key: str) -> dict[str, str]:
     credentials = {BASELINE: admin_key, AA: admin_key}
     for name, levels in TOKENS.items():
         credentials[name] = mint_chain(gateway, admin_key, levels)
+    credentials[OAUTH] = oauth_login(gateway, admin_key)
     return credentials
 
 
@@ -354,9 +436,15 @@ async def micro(number: int) -> dict[str, Any]:
     from proxy.app import _message
     from proxy.auth.constraints import _RE2_OPTIONS, _matcher
     from proxy.auth.keys import ApiKeys
-    from proxy.auth.middleware import Authentication, _bearer
+    from proxy.auth.middleware import (
+        Authentication,
+        _audience_matches,
+        _bearer,
+        _resource,
+        _scope_challenge,
+    )
     from proxy.auth.policy import CALL, require, require_mcp
-    from proxy.auth.tokens import ServiceTokens
+    from proxy.auth.tokens import AccessGrant, ServiceTokens
     from proxy.settings import Settings
     from proxy.store import open_store
     from proxy.vault import Vault
@@ -382,6 +470,22 @@ async def micro(number: int) -> dict[str, Any]:
                 parent = await tokens.authenticate(token)
                 assert parent is not None
             credentials[name] = token
+        key = await keys.verify(admin_key)
+        assert key is not None
+        grant = AccessGrant(
+            grant_id="grt_" + secrets.token_hex(12),
+            key_id=key.key_id,
+            token_ids=key.token_ids,
+            claims=key.claims,
+            level=[OAUTH_LEVEL],
+            login_expires_at=1e18,  # an API key's login, as its sealed flow carries it
+            audience=f"{settings.effective_public_url}/mcp/{NAMESPACE}",
+            namespace=NAMESPACE,
+            client_id="bench",
+            scope="read execute",
+            subject=f"API key {key.name}",
+        )
+        credentials[OAUTH] = tokens.issue_access(grant, 3600)
     finally:
         await store.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -403,6 +507,18 @@ async def micro(number: int) -> dict[str, Any]:
     body = json.dumps(message).encode()  # as RawCaller sends it
     parsed = _message(body)
     record_metadata = {"userId": USER}
+    # What the middleware reads for an access token's audience, and what it sends through.
+    scope = {"app": SimpleNamespace(state=SimpleNamespace(settings=settings)), "path": f"/mcp/{NAMESPACE}"}
+    start = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"application/json")],
+    }
+    end = {"type": "http.response.body", "body": b"{}"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
     rows: list[dict[str, Any]] = []
 
     def add(credential: str, step: str, fn: Callable[[], Any]) -> None:
@@ -433,6 +549,16 @@ async def micro(number: int) -> dict[str, Any]:
             "record: require(CALL, metadata, rpc)",
             lambda: require(principal, CALL, "connections", NAMESPACE, record_metadata, parsed),
         )
+        if principal.kind == "oauth":
+            audience = principal.audience or ""
+            add(
+                name,
+                "audience check + send wrapper (middleware)",
+                lambda: _audience_matches(audience, _resource(scope)) and _scope_challenge(scope, send),
+            )
+            wrapped = _scope_challenge(scope, send)
+            add(name, "send of start + body, wrapped", lambda: (_sync(wrapped(start)), _sync(wrapped(end))))
+            add(name, "  the same, not wrapped", lambda: (_sync(send(start)), _sync(send(end))))
         add(name, "first use only: verify + compile", lambda: _sync(tokens._verify(credential)))  # noqa: SLF001
 
     for name, credential in credentials.items():
@@ -465,6 +591,9 @@ async def micro(number: int) -> dict[str, Any]:
             + took["JSON parse of the body (app._message)"]
             + took["message gate: require_mcp(message)"]
             + took["record: require(CALL, metadata, rpc)"]
+            + took.get("audience check + send wrapper (middleware)", 0.0)
+            + took.get("send of start + body, wrapped", 0.0)
+            - took.get("  the same, not wrapped", 0.0)
         )
         totals.append(
             {"credential": name, "token_chars": len(credential), "extra_us_per_call": round(extra, 2)}
@@ -505,7 +634,7 @@ async def main(opts: argparse.Namespace) -> None:
         url = f"http://127.0.0.1:{gateway.port}/mcp/{NAMESPACE}"
         print(
             f"upstream pid {upstream.pid}, gateway pid {gateway.pid}; token lengths "
-            + ", ".join(f"{n}: {len(t)}" for n, t in credentials.items() if n.startswith("token"))
+            + ", ".join(f"{n}: {len(t)}" for n, t in credentials.items() if n not in (BASELINE, AA))
             + f"; warmup {opts.warmup}, then {opts.calls} calls or {opts.duration} s per credential "
             f"in {opts.rounds} rounds",
             flush=True,
@@ -543,6 +672,7 @@ async def main(opts: argparse.Namespace) -> None:
             "rounds": opts.rounds,
             "concurrency": opts.concurrency,
             "tokens": TOKENS,
+            "oauth_level": OAUTH_LEVEL,
             "other_connections": len(OTHER_USERS),
         },
         "runs": rows,
