@@ -272,7 +272,9 @@ class ServiceTokens:
         level, the grant's id among its ancestors (revoking the grant ends it), bound to the
         resource it was asked for. Not stored: it lives `ttl` seconds at most."""
         now = int(time.time())
-        expires = min(now + ttl, int(grant.login_expires_at))
+        expires = now + ttl
+        if math.isfinite(grant.login_expires_at):  # an API key's login never expires
+            expires = min(expires, int(grant.login_expires_at))
         level = [{**claim, "exp": min(claim.get("exp", expires), expires)} for claim in grant.level]
         payload = {
             "iss": self._issuer,

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -61,7 +62,8 @@ class Flow:
 def seal(vault: Vault, flow: Flow) -> str:
     data = asdict(flow)
     if flow.login is not None:
-        data["login"]["expires_at"] = min(flow.login.expires_at, 1e18)  # JSON has no infinity
+        expires = flow.login.expires_at  # JSON has no infinity: a login that never expires is null
+        data["login"]["expires_at"] = expires if math.isfinite(expires) else None
     return vault.seal({"flow": json.dumps(data)}, namespace="", connection_id="oauth", field=_FIELD)
 
 
@@ -77,12 +79,15 @@ def unseal(vault: Vault, blob: str | None, cookie: str | None) -> Flow:
             "invalid_request", "this sign-in page is not valid; start again from the app"
         ) from exc
     login = data.pop("login")
-    flow = Flow(
-        **data,
-        login=Login(**{**login, "token_ids": tuple(login["token_ids"]), "claims": tuple(login["claims"])})
-        if login
-        else None,
-    )
+    if login is not None:
+        login = Login(
+            subject=login["subject"],
+            key_id=login["key_id"],
+            token_ids=tuple(login["token_ids"]),
+            claims=tuple(login["claims"]),
+            expires_at=login["expires_at"] if login["expires_at"] is not None else math.inf,
+        )
+    flow = Flow(**data, login=login)
     if time.time() > flow.expires:
         raise OAuthError("invalid_request", "this sign-in page has expired; start again from the app")
     if not cookie or not hmac.compare_digest(cookie.encode(), flow.csrf.encode()):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -87,7 +88,7 @@ class Grants:
                 "subject": login.subject,
                 "tokenIds": list(login.token_ids),
                 "claims": list(login.claims),
-                "expiresAt": login.expires_at if login.expires_at != float("inf") else None,
+                "expiresAt": login.expires_at if math.isfinite(login.expires_at) else None,
             },
             created_at=now,
             expires_at=expires,
@@ -172,7 +173,7 @@ class Grants:
             level=[
                 {"namespaces": [grant.namespace], "resources": ["connections"], "operations": scope.split()}
             ],
-            login_expires_at=login["expiresAt"] if login["expiresAt"] is not None else float("inf"),
+            login_expires_at=login["expiresAt"] if login["expiresAt"] is not None else math.inf,
             audience=grant.resource,
             namespace=grant.namespace,
             client_id=grant.client_id,
