@@ -83,13 +83,15 @@ class NamespaceMCP:
         self._users: dict[str, AuthenticatedUser] = {}
 
     def _user(self, caller: Principal) -> AuthenticatedUser:
-        # The SDK binds legacy sessions to this identity; build it once per credential.
-        user = self._users.get(caller.id)
+        # The SDK binds legacy sessions to this identity; build it once per credential. An OAuth
+        # client's is its grant: a session outlives the hourly refresh of its access token.
+        identity = caller.token_ids[-2] if caller.kind == "oauth" else caller.id
+        user = self._users.get(identity)
         if user is None:
             if len(self._users) > 10_000:
                 self._users.clear()
-            user = AuthenticatedUser(AccessToken(token=caller.id, client_id=caller.id, scopes=[]))
-            self._users[caller.id] = user
+            user = AuthenticatedUser(AccessToken(token=identity, client_id=identity, scopes=[]))
+            self._users[identity] = user
         return user
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -29,6 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientMetadata
 from mcp.shared.exceptions import MCPError
 from test_oauth_sdk import MemoryStorage
+from test_tokens import MODERN_META
 
 LIMIT = 60.0  # every wait in this file is bounded by it
 CALLBACK = "/oauth/oidc/callback"
@@ -373,15 +374,13 @@ def test_each_person_sees_only_their_own_connection(
         assert outcomes[f"{other}__echo"] == unknown, outcomes
         assert outcomes["shared__echo"] == unknown, outcomes
 
-    # REST with the same access tokens: each one lists only their own connection.
-    for username, other in people.items():
+    # The same access tokens on REST: refused (it was not consented to); each sees its own grant.
+    for username in people:
         bearer = {"Authorization": f"Bearer {tokens[username]}"}
         with httpx2.Client(base_url=gateway.url, headers=bearer, timeout=LIMIT, trust_env=False) as rest:
-            listed = rest.get(f"/{NAMESPACE}")
-            assert listed.status_code == 200, listed.text
-            assert [c["connectionId"] for c in listed.json()["connections"]] == [f"{username}-gh"]
-            assert rest.get(f"/{NAMESPACE}/{other}").status_code == 404
-            assert rest.get(f"/{NAMESPACE}/shared").status_code == 404
+            assert rest.get(f"/{NAMESPACE}").status_code == 401
+            own = rest.get("/oauth/grants").json()["grants"]
+            assert [g["subject"] for g in own] == [f"{username}@example.test"]
 
     # The grants say who signed in: the identity claim, not the provider's `sub`.
     subjects = sorted((g["subject"], g["namespace"]) for g in grants(gateway))
@@ -499,7 +498,19 @@ def test_code_of_an_oidc_sign_in_exchanges_for_a_working_token(
         trust_env=False,
     )
     assert exchanged.status_code == 200, f"POST /token for an oidc sign-in's code: {describe(exchanged)}"
-    bearer = {"Authorization": f"Bearer {exchanged.json()['access_token']}"}
-    listed = httpx2.get(f"{gateway.url}/{NAMESPACE}", headers=bearer, timeout=LIMIT, trust_env=False)
+    access = exchanged.json()["access_token"]
+    listed = httpx2.post(
+        f"{gateway.url}/mcp/{NAMESPACE}",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": MODERN_META}},
+        headers={
+            "Authorization": f"Bearer {access}",
+            "accept": "application/json, text/event-stream",
+            "mcp-protocol-version": "2026-07-28",
+            "mcp-method": "tools/list",
+        },
+        timeout=LIMIT,
+        trust_env=False,
+    )
     assert listed.status_code == 200, describe(listed)
-    assert [c["connectionId"] for c in listed.json()["connections"]] == ["alice-gh"]
+    names = {t["name"] for t in listed.json()["result"]["tools"]}
+    assert "alice-gh__echo" in names and all(n.startswith("alice-gh__") for n in names)

@@ -66,9 +66,11 @@ def token(gw: Gateway, **form: str) -> httpx2.Response:
     return httpx2.post(gw.url + "/token", data=form, timeout=10)
 
 
-def login(gw: Gateway, client_id: str, ns: str | None, credential: str, **params: str) -> dict[str, Any]:
+def login(
+    gw: Gateway, client_id: str, ns: str | None, credential: str, resource: str | None = None, **params: str
+) -> dict[str, Any]:
     """The whole code flow for a public client: answers the token response."""
-    resource = gw.mcp_url(ns) if ns else gw.url + "/mcp"
+    resource = resource or (gw.mcp_url(ns) if ns else gw.url + "/mcp")
     code = Code(gw, client_id, resource, **params)
     person = Person(gw.url)
     try:
@@ -180,21 +182,32 @@ def test_a_login_yields_tokens_bound_to_the_namespace_it_was_asked_for(gw: Gatew
     other = rpc(gw, "/mcp/other", access, "tools/list")
     assert other.status_code == 401
     assert 'error="invalid_token"' in other.headers["www-authenticate"]
-    # So does REST outside its policy (namespace team only), while inside it works.
+    # The REST API is not what was consented to: only the grant's own listing answers it.
     with httpx2.Client(base_url=gw.url, headers={"authorization": f"Bearer {access}"}) as rest:
-        assert rest.get("/other").status_code in (403, 404)
-        assert rest.get("/team").status_code == 200
-        assert rest.post("/namespaces", json={"name": "evil-ns"}).status_code == 403
-        assert rest.post("/tokens", json={}).status_code == 403  # no minting from an access token
+        for method, path in (
+            ("GET", "/team"),
+            ("GET", "/other"),
+            ("POST", "/namespaces"),
+            ("POST", "/tokens"),
+        ):
+            refused = rest.request(method, path, json={})
+            assert refused.status_code == 401, (method, path)
+            assert "only for the MCP endpoint it was issued for" in refused.json()["message"]
+        assert rest.get("/oauth/grants").status_code == 200
+    # A token for one connection's endpoint is good there, not on its namespace's.
+    narrow = login(gw, client["client_id"], None, gw.admin_key, resource=gw.mcp_url("team", "alice"))
+    assert rpc(gw, "/mcp/team/alice", narrow["access_token"], "tools/list").status_code == 200
+    assert rpc(gw, "/mcp/team", narrow["access_token"], "tools/list").status_code == 401
+    assert rpc(gw, "/mcp/team/bob", narrow["access_token"], "tools/list").status_code == 401
 
 
 def test_pkce_is_required_and_checked(gw: Gateway) -> None:
     client = register(gw)["client_id"]
-    # No challenge at all: back to the client with an error (its redirect URI is genuine).
+    # Plain PKCE is refused (an error page: a registered client's redirect URI is not trusted
+    # before the person did anything).
     bare = Code(gw, client, gw.mcp_url("team"))
     no_pkce = httpx2.get(bare.url.replace("code_challenge_method=S256", "code_challenge_method=plain"))
-    assert no_pkce.status_code == 302
-    assert query(no_pkce.headers["location"])["error"] == "invalid_request"
+    assert no_pkce.status_code == 400 and "PKCE is required" in no_pkce.text
     # A wrong verifier is refused, and so is the right one afterwards (the code was spent).
     code = Code(gw, client, gw.mcp_url("team"))
     person = Person(gw.url)
@@ -262,13 +275,21 @@ def test_redirect_uris_must_match_exactly_and_never_redirect_elsewhere(gw: Gatew
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
 
 
-def test_resource_is_required_and_must_be_one_of_ours(gw: Gateway) -> None:
-    client = register(gw)["client_id"]
+def test_resource_is_required_and_must_be_one_of_ours(start_gateway: Any) -> None:
+    configured = [{"client_id": "cfg-app", "client_name": "Configured", "redirect_uris": [REDIRECT]}]
+    gw = start_gateway(JUNCTION_OAUTH_CLIENTS=json.dumps(configured))
+    registered = register(gw)["client_id"]
     for resource in (None, "https://elsewhere.example/mcp", gw.url + "/namespaces", gw.url + "/mcp/team/"):
-        response = httpx2.get(Code(gw, client, resource).url)
+        # A configured client's redirect URI is trusted: the error goes back to it (RFC 6749).
+        response = httpx2.get(Code(gw, "cfg-app", resource).url)
         assert response.status_code == 302, resource
         back = query(response.headers["location"])
         assert back["error"] == "invalid_target" and back["iss"] == gw.url and "state" in back
+        # Anyone may register a client: before the person did anything, no redirect to it at all
+        # (else the gateway would be an open redirector), the error is a page.
+        page = httpx2.get(Code(gw, registered, resource).url)
+        assert page.status_code == 400 and "location" not in page.headers
+        assert "MCP endpoint" in page.text
 
 
 def test_registration_validates_its_input(gw: Gateway) -> None:
@@ -559,3 +580,113 @@ def test_a_configured_client_authenticates_with_its_secret(
     right = httpx2.post(gw.url + "/token", data=form, auth=("my-app", "s3cret-of-my-app"))
     assert right.status_code == 200, right.text
     assert "main__echo" in tool_names(rpc(gw, "/mcp/team", right.json()["access_token"], "tools/list"))
+
+
+def test_a_refresh_never_widens_the_granted_scope(gw: Gateway) -> None:
+    client = register(gw)["client_id"]
+    tokens = login(gw, client, "team", gw.admin_key, scope="read")
+    # offline_access (which some clients add to every request) is no scope of ours: it changes nothing.
+    same = token(
+        gw,
+        grant_type="refresh_token",
+        refresh_token=tokens["refresh_token"],
+        client_id=client,
+        scope="offline_access",
+    )
+    assert same.status_code == 200 and same.json()["scope"] == "read"
+    call = rpc(
+        gw, "/mcp/team", same.json()["access_token"], "tools/call", {"name": "alice__echo", "arguments": {}}
+    )
+    assert call.status_code == 403
+    wider = token(
+        gw,
+        grant_type="refresh_token",
+        refresh_token=same.json()["refresh_token"],
+        client_id=client,
+        scope="read execute",
+    )
+    assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope"
+
+
+def test_insufficient_scope_is_said_only_when_more_scope_would_help(gw: Gateway) -> None:
+    with gw.client() as admin:
+        reader = mint(admin, {"namespaces": "team", "operations": "read"})
+    client = register(gw)["client_id"]
+    tokens = login(gw, client, "team", reader)
+    assert tokens["scope"] == "read execute"
+    call = rpc(
+        gw, "/mcp/team", tokens["access_token"], "tools/call", {"name": "alice__echo", "arguments": {}}
+    )
+    # The login's own policy refuses the call: asking the person again for "execute" would not help.
+    assert call.status_code == 403
+    assert "insufficient_scope" not in call.headers.get("www-authenticate", "")
+
+
+def test_a_legacy_session_outlives_the_refresh_of_its_token(gw: Gateway) -> None:
+    client = register(gw)["client_id"]
+    tokens = login(gw, client, "team", gw.admin_key)
+    init = httpx2.post(
+        gw.url + "/mcp/team",
+        json={
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        },
+        headers={**ACCEPT, "authorization": f"Bearer {tokens['access_token']}"},
+        timeout=30,
+    )
+    session = init.headers["mcp-session-id"]
+    fresh = token(
+        gw, grant_type="refresh_token", refresh_token=tokens["refresh_token"], client_id=client
+    ).json()
+    listed = httpx2.post(
+        gw.url + "/mcp/team",
+        json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        headers={**ACCEPT, "authorization": f"Bearer {fresh['access_token']}", "mcp-session-id": session},
+        timeout=30,
+    )
+    assert listed.status_code == 200, listed.text
+    # Another grant's token cannot take the session over.
+    other = login(gw, client, "team", gw.admin_key)["access_token"]
+    stolen = httpx2.post(
+        gw.url + "/mcp/team",
+        json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
+        headers={**ACCEPT, "authorization": f"Bearer {other}", "mcp-session-id": session},
+        timeout=30,
+    )
+    assert stolen.status_code == 404
+
+
+def test_odd_input_gets_clear_answers_not_crashes(gw: Gateway) -> None:
+    # A path no header can carry as it is: the challenge percent-encodes it.
+    odd = httpx2.post(gw.url + "/mcp/caf\u00e9-\u20ac", json={}, headers=ACCEPT)
+    assert odd.status_code == 401
+    assert "/mcp/caf%C3%A9-%E2%82%AC" in odd.headers["www-authenticate"]
+    # A client id that is no URL at all, a port out of range.
+    for client_id in ("https://[::1/x", "https://example.com:99999/client.json"):
+        page = httpx2.get(Code(gw, client_id, gw.mcp_url("team")).url)
+        assert page.status_code == 400 and "location" not in page.headers, client_id
+    # A failed client authentication says how to authenticate (RFC 6749 §5.2).
+    failed = httpx2.post(
+        gw.url + "/token", data={"grant_type": "refresh_token", "refresh_token": "x"}, auth=("jc_x", "y")
+    )
+    assert failed.status_code == 401 and failed.headers["www-authenticate"].startswith("Basic")
+
+
+def test_a_desktop_app_may_listen_on_any_loopback_port(gw: Gateway) -> None:
+    client = register(gw)["client_id"]  # registered http://127.0.0.1:9/callback
+    other_port = Code(gw, client, gw.mcp_url("team"), redirect_uri="http://127.0.0.1:53682/callback")
+    back = Person(gw.url).authorize(other_port.url, gw.admin_key)
+    assert back.startswith("http://127.0.0.1:53682/callback?")
+    for wrong in (
+        "http://127.0.0.1:53682/other",
+        "http://localhost:53682/callback",
+        "https://127.0.0.1:9/callback",
+    ):
+        refused = httpx2.get(Code(gw, client, gw.mcp_url("team"), redirect_uri=wrong).url)
+        assert refused.status_code == 400 and "location" not in refused.headers, wrong

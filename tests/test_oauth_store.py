@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from proxy.store import AuthCodeRecord, OAuthGrantRecord, open_store
+from proxy.store import AuthCodeRecord, OAuthClientRecord, OAuthGrantRecord, open_store
 
 pytestmark = pytest.mark.anyio
 
@@ -43,7 +43,7 @@ async def test_a_code_and_a_refresh_token_are_used_once_even_when_raced(tmp_path
 
         async def use_both() -> None:
             outcomes.append((await store.oauth.use_code("c" * 64, now))[0])
-            outcomes.append((await store.oauth.use_refresh_token("r" * 64, now))[0])
+            outcomes.append((await store.oauth.use_refresh_token("r" * 64, "jc_test", now))[0])
 
         async with anyio.create_task_group() as tg:
             for _ in range(5):
@@ -68,13 +68,23 @@ async def test_prune_removes_spent_codes_and_the_refresh_tokens_of_ended_grants(
         await store.oauth.add_code(AuthCodeRecord("f" * 64, "grt_live", "x" * 43, now + timedelta(minutes=1)))
         for token, grant in (("1", "grt_live"), ("2", "grt_gone"), ("3", "grt_old")):
             await store.oauth.add_refresh_token(token * 64, grant, now)
-        await store.oauth.use_refresh_token("1" * 64, now)  # used, but its grant lives: kept
-        assert await store.oauth.prune(now) == 3
+        await store.oauth.use_refresh_token("1" * 64, "jc_test", now)  # used, but its grant lives: kept
+        # Another client cannot spend a token that is not its own.
+        assert (await store.oauth.use_refresh_token("1" * 64, "jc_other", now)) == ("unknown", None)
+        day_old = now - timedelta(days=2)
+        for client_id in ("jc_test", "jc_unused", "jc_new"):
+            created = now if client_id == "jc_new" else day_old
+            await store.oauth.add_client(OAuthClientRecord(client_id, {"redirect_uris": []}, created))
+        assert await store.oauth.prune(now) == 4  # a code, two refresh tokens, jc_unused
+        assert await store.oauth.client("jc_unused") is None
+        assert (
+            await store.oauth.client("jc_test") is not None and await store.oauth.client("jc_new") is not None
+        )
         assert (await store.oauth.use_code("e" * 64, now))[0] == "unknown"
         assert (await store.oauth.use_code("f" * 64, now))[0] == "ok"
-        assert (await store.oauth.use_refresh_token("1" * 64, now))[0] == "used"
-        assert (await store.oauth.use_refresh_token("2" * 64, now))[0] == "unknown"
-        assert (await store.oauth.use_refresh_token("3" * 64, now))[0] == "unknown"
+        assert (await store.oauth.use_refresh_token("1" * 64, "jc_test", now))[0] == "used"
+        assert (await store.oauth.use_refresh_token("2" * 64, "jc_test", now))[0] == "unknown"
+        assert (await store.oauth.use_refresh_token("3" * 64, "jc_test", now))[0] == "unknown"
         assert [g.id for g in await store.oauth.grants(None, now)] == ["grt_live"]
     finally:
         await store.close()

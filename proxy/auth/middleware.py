@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -71,12 +72,21 @@ class Authenticate:
         if principal is None:
             await _reject(scope, send, credential is not None)
             return
-        if principal.kind == "oauth" and is_mcp_path(scope["path"]):
-            if not _audience_matches(principal.audience or "", _resource(scope)):
-                message = f"this access token was issued for {principal.audience}, not for this endpoint"
+        if principal.kind == "oauth":
+            # An access token is for the MCP endpoint it was issued for (and below it), and for
+            # listing or revoking its own grant; the rest of the API is not what was consented.
+            path: str = scope["path"]
+            if is_mcp_path(path):
+                if not _audience_matches(principal.audience or "", _resource(scope)):
+                    message = f"this access token was issued for {principal.audience}, not for this endpoint"
+                    await _reject(scope, send, True, message)
+                    return
+                if set(SCOPES) - set((principal.scope or "").split()):
+                    send = _scope_challenge(scope, send)
+            elif not path.startswith(GRANTS_PATH):
+                message = f"an OAuth access token is only for the MCP endpoint it was issued for ({principal.audience})"
                 await _reject(scope, send, True, message)
                 return
-            send = _scope_challenge(scope, send)
         scope[PRINCIPAL_KEY] = principal
         await self.app(scope, receive, send)
 
@@ -84,6 +94,7 @@ class Authenticate:
 # The OAuth scopes of the gateway's authorization server: the operations of the policy model that
 # MCP requests need (`proxy/auth/policy.py`: listing needs read, calling needs execute).
 SCOPES = ("read", "execute")
+GRANTS_PATH = "/oauth/grants"
 
 
 def _resource(scope: Scope) -> str:
@@ -99,7 +110,7 @@ def _audience_matches(audience: str, resource: str) -> bool:
 
 def challenge(scope: Scope, *params: str) -> str:
     """A `WWW-Authenticate` value for an MCP path: where the metadata is and what scope to ask."""
-    path: str = scope["path"]
+    path = quote(scope["path"], safe="/")  # a header is latin-1, and a quote would end the value
     public_url = scope["app"].state.settings.effective_public_url
     return "Bearer " + ", ".join(
         [
@@ -112,7 +123,8 @@ def challenge(scope: Scope, *params: str) -> str:
 
 
 def _scope_challenge(scope: Scope, send: Send) -> Send:
-    """For OAuth access tokens: a 403 says `insufficient_scope` so the client can ask for more."""
+    """For OAuth access tokens granted less than every scope: a 403 says `insufficient_scope`
+    so the client can ask for more (one granted every scope would only ask again in vain)."""
 
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start" and message["status"] == 403:

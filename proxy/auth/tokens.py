@@ -210,6 +210,9 @@ class ServiceTokens:
                 issuer=self._issuer,
                 # An access token's audience is the endpoint it was issued for; the route checks it.
                 options={"require": ["exp", "iat", "iss", "jti"], "verify_aud": False},
+                # Instances' clocks may differ by seconds: a fresh token is not "issued in the
+                # future". Expiry is checked without it, below and on every later use.
+                leeway=30,
             )
             return _principal(claims)
         except (jwt.PyJWTError, ValueError, TypeError, KeyError):

@@ -38,6 +38,7 @@ AUTH_METHODS: Final = ("none", "client_secret_post", "client_secret_basic")
 MAX_DOCUMENT: Final = 64 * 1024
 FETCH_TIMEOUT: Final = 5.0
 CACHE_SECONDS: Final = 300.0
+FAILURE_CACHE_SECONDS: Final = 60.0
 _CACHE_SIZE: Final = 1000
 _FORBIDDEN_SCHEMES: Final = frozenset(
     {"javascript", "data", "file", "vbscript", "about", "blob", "filesystem"}
@@ -58,12 +59,16 @@ class Client:
     client_uri: str | None = None
 
     def check_redirect(self, redirect_uri: str | None) -> str:
-        """The redirect URI to use: the one given, when registered exactly (or the only one)."""
+        """The redirect URI to use: the one given, when registered exactly (or the only one).
+        On a loopback IP over http any port is accepted (RFC 8252 §7.3: a desktop app listens
+        on whatever port is free); nothing else of the URI may differ."""
         if redirect_uri is None and len(self.redirect_uris) == 1:
             return self.redirect_uris[0]
-        if redirect_uri not in self.redirect_uris:
-            raise OAuthError("invalid_request", "redirect_uri is not one this client registered")
-        return redirect_uri
+        if redirect_uri in self.redirect_uris:
+            return redirect_uri
+        if redirect_uri is not None and any(_same_but_port(redirect_uri, r) for r in self.redirect_uris):
+            return redirect_uri
+        raise OAuthError("invalid_request", "redirect_uri is not one this client registered")
 
 
 def hash_secret(secret: str) -> str:
@@ -100,7 +105,7 @@ class Clients:
         self._store = store
         self._allow_private = settings.allow_private_client_metadata
         self._configured = {c.client_id: c for c in map(_configured, settings.oauth_clients)}
-        self._documents: dict[str, tuple[float, Client]] = {}
+        self._documents: dict[str, tuple[float, Client | OAuthError]] = {}  # url -> (until, answer)
         verify = ssl.create_default_context()
         if settings.oauth_ca_file:
             verify.load_verify_locations(settings.oauth_ca_file)
@@ -214,16 +219,31 @@ class Clients:
     # --- client ID metadata documents -------------------------------------------------------
     async def _document(self, url: str) -> Client:
         cached = self._documents.get(url)
-        if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
+        if cached is not None and time.monotonic() < cached[0]:
+            if isinstance(cached[1], OAuthError):
+                raise cached[1]
             return cached[1]
-        client = await self._fetch(url)
+        answer: Client | OAuthError
+        try:
+            answer = await self._fetch(url)
+        except OAuthError as exc:
+            answer = exc
         if len(self._documents) >= _CACHE_SIZE:
             self._documents.clear()
-        self._documents[url] = (time.monotonic(), client)
-        return client
+        # A failure is remembered too (for less long): an unauthenticated request naming a slow
+        # or broken URL costs one fetch per minute, not one per request.
+        ttl = FAILURE_CACHE_SECONDS if isinstance(answer, OAuthError) else CACHE_SECONDS
+        self._documents[url] = (time.monotonic() + ttl, answer)
+        if isinstance(answer, OAuthError):
+            raise answer
+        return answer
 
     async def _fetch(self, url: str) -> Client:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise OAuthError("invalid_client", "the client id is not a valid URL", status=401) from exc
         loopback = _is_loopback(parts.hostname or "")
         if parts.scheme != "https" and not (parts.scheme == "http" and loopback and self._allow_private):
             raise OAuthError("invalid_client", "a client ID metadata document URL must be https", status=401)
@@ -253,7 +273,7 @@ class Clients:
                 "allow_private_client_metadata (JUNCTION_ALLOW_PRIVATE_CLIENT_METADATA=1)",
                 status=401,
             ) from exc
-        except (httpx2.HTTPError, TimeoutError, OSError) as exc:
+        except (httpx2.HTTPError, httpx2.InvalidURL, TimeoutError, OSError, ValueError) as exc:
             raise OAuthError(
                 "invalid_client", "the client's metadata document could not be fetched", status=401
             ) from exc
@@ -314,3 +334,16 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _same_but_port(given: str, registered: str) -> bool:
+    """Whether two http URIs on a loopback IP literal differ in their port alone."""
+    try:
+        a, b = urlsplit(given), urlsplit(registered)
+        if a.scheme != "http" or b.scheme != "http" or a.hostname != b.hostname:
+            return False
+        ipaddress.ip_address(a.hostname or "")  # an IP literal: "localhost" may resolve elsewhere
+        a.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return False
+    return _is_loopback(a.hostname or "") and (a.path, a.query, a.fragment) == (b.path, b.query, b.fragment)

@@ -80,6 +80,10 @@ async def authorize(request: Request) -> Response:
         namespace = resource_namespace(server.settings, resource)
         assert resource is not None
     except OAuthError as exc:
+        if client.source != "configured":
+            # Anyone may register a client, with any redirect URI: redirecting before the person
+            # did anything would make the gateway an open redirector (RFC 9700 §4.11.2).
+            return _error_page(exc.message)
         return _redirect(
             server, redirect_uri, {"error": exc.error, "error_description": exc.message, "state": state}
         )
@@ -92,7 +96,7 @@ async def authorize(request: Request) -> Response:
         namespace=namespace,
         scope=normalize_scope(params.get("scope")),
     )
-    cookie = request.cookies.get(CSRF_COOKIE)
+    cookie = request.cookies.get(_cookie(server))
     if cookie and 20 <= len(cookie) <= 64:  # one cookie for every sign-in of this browser (tabs)
         flow = replace(flow, csrf=cookie)
     return _login_page(server, client, flow)
@@ -114,7 +118,7 @@ def _page(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Reque
 async def _resume(request: Request, blob: str | None) -> tuple[AuthorizationServer, Flow, Client]:
     """The sign-in a page belongs to: its sealed flow, checked against this browser's cookie."""
     server = _server(request)
-    flow = unseal(server.vault, blob, request.cookies.get(CSRF_COOKIE))
+    flow = unseal(server.vault, blob, request.cookies.get(_cookie(server)))
     return server, flow, await server.clients.get(flow.client_id)
 
 
@@ -178,6 +182,31 @@ async def consent(request: Request) -> Response:
 
 
 # --- /token, /revoke, /register --------------------------------------------------------------
+def _protocol(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint clients call (token, revocation, registration): every error in RFC 6749's
+    shape, and a failed client authentication with the challenge RFC 6749 §5.2 asks for."""
+
+    @functools.wraps(endpoint)
+    async def answer(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except OAuthError as exc:
+            if exc.error == "invalid_client" and exc.status == 401:
+                exc.headers.setdefault("www-authenticate", 'Basic realm="mcp-junction"')
+            raise
+        except JunctionError as exc:  # a body too large, a token that would be too large, ...
+            raise OAuthError("invalid_request", exc.message, status=exc.status) from exc
+
+    return answer
+
+
+def _cookie(server: AuthorizationServer) -> str:
+    """The sign-in cookie's name: `__Host-` over https, so no sibling subdomain can set it."""
+    https = server.settings.effective_public_url.startswith("https://")
+    return ("__Host-" if https else "") + CSRF_COOKIE
+
+
+@_protocol
 async def token(request: Request) -> Response:
     server = _server(request)
     form = await _form(request)
@@ -197,6 +226,7 @@ async def token(request: Request) -> Response:
     return json_response(tokens.json(), headers=_NO_STORE)
 
 
+@_protocol
 async def revoke(request: Request) -> Response:
     """RFC 7009: always 200 for a known client, whether or not the token meant anything."""
     server = _server(request)
@@ -209,6 +239,7 @@ async def revoke(request: Request) -> Response:
     return json_response({}, headers=_NO_STORE)
 
 
+@_protocol
 async def register(request: Request) -> Response:
     body = await read_json_object(request, empty_ok=False)
     answer = await _server(request).clients.register(body)
@@ -296,11 +327,17 @@ def _login_page(
         key_login="key" in methods,
         oidc_login="oidc" in methods,
         oidc_name=server.settings.oidc_name,
-        login_action="/authorize/login",
-        oidc_action="/authorize/oidc",
+        login_action=server.settings.effective_public_url + "/authorize/login",
+        oidc_action=server.settings.effective_public_url + "/authorize/oidc",
     )
     response.set_cookie(
-        CSRF_COOKIE, flow.csrf, max_age=FLOW_SECONDS, path="/", secure=secure, httponly=True, samesite="lax"
+        _cookie(server),
+        flow.csrf,
+        max_age=FLOW_SECONDS,
+        path="/",
+        secure=secure,
+        httponly=True,
+        samesite="lax",
     )
     return response
 
@@ -322,7 +359,7 @@ async def _consent_page(
         namespaces=choices,
         scopes=[SCOPE_TEXT[s] for s in flow.scope.split() if s in SCOPES],
         flow=seal(server.vault, flow),
-        consent_action="/authorize/consent",
+        consent_action=server.settings.effective_public_url + "/authorize/consent",
     )
 
 

@@ -141,12 +141,12 @@ class Grants:
         self, client: Client, refresh_token: str, scope: str | None, resource: str | None
     ) -> Tokens:
         """`refresh_token`: rotate; a token used twice revokes its grant."""
-        outcome, grant_id = await self._store.use_refresh_token(_hash(refresh_token), datetime.now(UTC))
+        outcome, grant_id = await self._store.use_refresh_token(
+            _hash(refresh_token), client.client_id, datetime.now(UTC)
+        )
         grant = await self._store.grant(grant_id) if grant_id else None
         if grant is None:
-            raise OAuthError("invalid_grant", "unknown refresh token")
-        if grant.client_id != client.client_id:
-            raise OAuthError("invalid_grant", "the refresh token was issued to another client")
+            raise OAuthError("invalid_grant", "unknown refresh token (or one issued to another client)")
         if outcome == "used":
             await self.revoke_record(grant)
             raise OAuthError("invalid_grant", "this refresh token was already used; its grant is revoked")
@@ -154,10 +154,11 @@ class Grants:
             raise OAuthError("invalid_target", "resource differs from the one of the grant")
         granted = grant.scope
         if scope:
-            asked = set(scope.split())
-            if not asked <= set(granted.split()) | {"offline_access"}:
+            asked = set(scope.split()) - {"offline_access"}  # refresh tokens are always given
+            held = granted.split()
+            if not asked <= set(held):
                 raise OAuthError("invalid_scope", "a refresh cannot widen the granted scope")
-            granted = normalize_scope(" ".join(s for s in granted.split() if s in asked))
+            granted = " ".join(s for s in held if s in asked) or granted
         return await self._issue(grant, granted)
 
     async def _issue(self, grant: OAuthGrantRecord, scope: str) -> Tokens:
@@ -194,7 +195,7 @@ class Grants:
         """RFC 7009: a refresh token or an access token of this client ends its whole grant."""
         grant: OAuthGrantRecord | None = None
         if token.startswith("jrt_"):
-            outcome, grant_id = await self._store.use_refresh_token(_hash(token), datetime.now(UTC))
+            grant_id = await self._store.refresh_token_grant(_hash(token))
             grant = await self._store.grant(grant_id) if grant_id else None
         else:
             principal = await self._tokens.authenticate(token)

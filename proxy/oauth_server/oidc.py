@@ -80,6 +80,10 @@ class OidcLogin:
         claims = await self._verify(str(answer["id_token"]), metadata["issuer"])
         if claims.get("nonce") != nonce:
             raise OAuthError("access_denied", "the sign-in provider's answer was not for this sign-in")
+        if settings.oidc_identity_claim == "email" and claims.get("email_verified") is not True:
+            # Anyone can put any address on an account at many providers: only a verified one
+            # may stand for a person here.
+            raise OAuthError("access_denied", "the sign-in provider has not verified this email address")
         identity = claims.get(settings.oidc_identity_claim)
         if not isinstance(identity, str) or not identity:
             raise OAuthError(
@@ -98,9 +102,11 @@ class OidcLogin:
     async def _discover(self) -> dict[str, Any]:
         if self._metadata is not None and time.monotonic() - self._metadata[0] < _METADATA_SECONDS:
             return self._metadata[1]
-        issuer = self._settings.oidc_issuer.rstrip("/")
+        # The issuer as configured is what the provider must call itself (some end in a slash);
+        # the discovery document sits below it either way.
+        issuer = self._settings.oidc_issuer
         try:
-            response = await self._http.get(issuer + "/.well-known/openid-configuration")
+            response = await self._http.get(issuer.rstrip("/") + "/.well-known/openid-configuration")
             metadata = response.json()
         except (httpx2.HTTPError, ValueError) as exc:
             raise OAuthError("server_error", "the sign-in provider could not be reached") from exc
@@ -127,6 +133,7 @@ class OidcLogin:
                 algorithms=_ALGORITHMS,
                 audience=self._settings.oidc_client_id,
                 issuer=issuer,
+                leeway=30,  # the provider's clock and ours may differ by some seconds
                 options={"require": ["exp", "iat", "iss", "aud", "sub"]},
             )
         except (jwt.PyJWTError, KeyError, ValueError) as exc:

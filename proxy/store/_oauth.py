@@ -7,7 +7,7 @@ one conditional UPDATE, so of two concurrent uses exactly one wins, on one insta
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
@@ -29,7 +29,10 @@ class OAuthStore(Protocol):
     async def add_code(self, record: AuthCodeRecord) -> None: ...
     async def use_code(self, code_hash: str, when: datetime) -> tuple[Use, AuthCodeRecord | None]: ...
     async def add_refresh_token(self, token_hash: str, grant_id: str, when: datetime) -> None: ...
-    async def use_refresh_token(self, token_hash: str, when: datetime) -> tuple[Use, str | None]: ...
+    async def use_refresh_token(
+        self, token_hash: str, client_id: str, when: datetime
+    ) -> tuple[Use, str | None]: ...
+    async def refresh_token_grant(self, token_hash: str) -> str | None: ...
     async def prune(self, now: datetime) -> int: ...
 
 
@@ -126,11 +129,21 @@ class SqlOAuthStore:
                 )
             )
 
-    async def use_refresh_token(self, token_hash: str, when: datetime) -> tuple[Use, str | None]:
-        """Mark a refresh token used; returns how it went and the grant it belongs to."""
+    async def use_refresh_token(
+        self, token_hash: str, client_id: str, when: datetime
+    ) -> tuple[Use, str | None]:
+        """Mark a refresh token of `client_id` used; returns how it went and its grant. Another
+        client's token is "unknown" and left as it is (it cannot spend the owner's token)."""
         c = t.oauth_refresh_tokens.c
+        g = t.oauth_grants.c
         async with self._engine.begin() as conn:
-            row = (await conn.execute(sa.select(c.grant_id).where(c.token_hash == token_hash))).first()
+            row = (
+                await conn.execute(
+                    sa.select(c.grant_id)
+                    .join(t.oauth_grants, g.id == c.grant_id)
+                    .where(c.token_hash == token_hash, g.client_id == client_id)
+                )
+            ).first()
             if row is None:
                 return "unknown", None
             result = await conn.execute(
@@ -140,15 +153,31 @@ class SqlOAuthStore:
             )
         return ("ok" if result.rowcount > 0 else "used"), row.grant_id
 
+    async def refresh_token_grant(self, token_hash: str) -> str | None:
+        """The grant a refresh token belongs to, without using it."""
+        c = t.oauth_refresh_tokens.c
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sa.select(c.grant_id).where(c.token_hash == token_hash))).first()
+        return row.grant_id if row is not None else None
+
     async def prune(self, now: datetime) -> int:
-        """Delete what can no longer be used: expired codes, and the refresh tokens of grants that
-        were revoked or have expired (a used one is kept while its grant lives, to catch reuse)."""
+        """Delete what can no longer be used: expired codes, the refresh tokens of grants that
+        were revoked or have expired (a used one is kept while its grant lives, to catch reuse),
+        and registered clients never given a grant in their first day."""
         codes = t.oauth_codes.c
         refresh = t.oauth_refresh_tokens.c
         grants = t.oauth_grants.c
         dead = sa.select(grants.id).where(sa.or_(grants.revoked_at.is_not(None), grants.expires_at <= now))
+        clients = t.oauth_clients.c
+        # A registered client that has not been given a grant within a day is registration spam
+        # or an abandoned attempt (anyone may register); one with a grant, live or not, is kept.
+        unused = sa.and_(
+            clients.created_at <= now - timedelta(days=1),
+            clients.client_id.not_in(sa.select(grants.client_id)),
+        )
         async with self._engine.begin() as conn:
             removed = (await conn.execute(sa.delete(t.oauth_codes).where(codes.expires_at <= now))).rowcount
+            removed += (await conn.execute(sa.delete(t.oauth_clients).where(unused))).rowcount
             removed += (
                 await conn.execute(sa.delete(t.oauth_refresh_tokens).where(refresh.grant_id.in_(dead)))
             ).rowcount
