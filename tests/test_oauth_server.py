@@ -105,6 +105,21 @@ def rpc(gw: Gateway, path: str, bearer: str, method: str, params: Any = None) ->
     return httpx2.post(gw.url + path, json=body, headers=headers, timeout=30)
 
 
+def initialize(gw: Gateway, bearer: str, client_name: str) -> httpx2.Response:
+    """A 2025-11-25 initialize on /mcp/team, as Claude sends it (it opens a legacy session)."""
+    params = {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": client_name, "version": "1"},
+    }
+    return httpx2.post(
+        gw.url + "/mcp/team",
+        json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params},
+        headers={**ACCEPT, "authorization": f"Bearer {bearer}"},
+        timeout=30,
+    )
+
+
 def tool_names(response: httpx2.Response) -> list[str]:
     assert response.status_code == 200, response.text
     return sorted(t["name"] for t in response.json()["result"]["tools"])
@@ -470,21 +485,7 @@ def test_mcp_itself_serves_the_namespace_chosen_at_consent(gw: Gateway) -> None:
 def test_claude_gets_its_protocol_version_and_ping_always_answers(gw: Gateway) -> None:
     client = register(gw)["client_id"]
     access = login(gw, client, "team", gw.admin_key)["access_token"]
-    init = httpx2.post(
-        gw.url + "/mcp/team",
-        json={
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "claude-ai", "version": "0.1.0"},
-            },
-        },
-        headers={**ACCEPT, "authorization": f"Bearer {access}"},
-        timeout=30,
-    )
+    init = initialize(gw, access, "claude-ai")
     assert init.status_code == 200, init.text
     sse = init.headers["content-type"].startswith("text/event-stream")
     result = _sse_result(init.text) if sse else init.json()["result"]
@@ -625,21 +626,7 @@ def test_insufficient_scope_is_said_only_when_more_scope_would_help(gw: Gateway)
 def test_a_legacy_session_outlives_the_refresh_of_its_token(gw: Gateway) -> None:
     client = register(gw)["client_id"]
     tokens = login(gw, client, "team", gw.admin_key)
-    init = httpx2.post(
-        gw.url + "/mcp/team",
-        json={
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        },
-        headers={**ACCEPT, "authorization": f"Bearer {tokens['access_token']}"},
-        timeout=30,
-    )
+    init = initialize(gw, tokens["access_token"], "t")
     session = init.headers["mcp-session-id"]
     fresh = token(
         gw, grant_type="refresh_token", refresh_token=tokens["refresh_token"], client_id=client
