@@ -149,7 +149,10 @@ class OidcLogin:
                     self._keys = jwt.PyJWKSet.from_dict(response.json())
                 except (httpx2.HTTPError, ValueError, jwt.PyJWTError) as exc:
                     raise OAuthError("server_error", "the sign-in provider's keys could not be read") from exc
-            for jwk in self._keys.keys:
-                if kid is None or jwk.key_id == kid:
+            signing = [k for k in self._keys.keys if k.public_key_use in (None, "sig")]
+            if kid is None and len(signing) == 1:  # no kid: only an unambiguous key will do
+                return signing[0].key
+            for jwk in signing:
+                if kid is not None and jwk.key_id == kid:
                     return jwk.key
         raise KeyError(kid)
