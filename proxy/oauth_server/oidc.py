@@ -138,6 +138,14 @@ class OidcLogin:
             )
         except (jwt.PyJWTError, KeyError, ValueError) as exc:
             raise OAuthError("access_denied", "the sign-in provider's ID token did not verify") from exc
+        audience = claims["aud"]
+        if (
+            isinstance(audience, list)
+            and len(audience) > 1
+            and claims.get("azp") != self._settings.oidc_client_id
+        ):
+            # OIDC Core §3.1.3.7: a token for several parties must say it was issued to us.
+            raise OAuthError("access_denied", "the sign-in provider's ID token was issued to another party")
         return claims
 
     async def _key(self, kid: Any) -> Any:
