@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import html
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
 import anyio
 import pytest
+from _browser import serving
 from playwright.sync_api import Browser, Page
 
 FORM = b"""<!doctype html>
@@ -85,14 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def site() -> Iterator[Site]:
     server = Site()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_chromium_fills_and_posts_a_form(page: Page, site: Site) -> None:

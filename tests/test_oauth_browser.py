@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import test_oauth_server
+from _browser import serving
 from conftest import Gateway, OidcProvider, Upstream
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, Request, Response
@@ -96,14 +96,8 @@ class _AppHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def app() -> Iterator[App]:
     server = App()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 # --- the browser, step by step ------------------------------------------------------------------
