@@ -6,7 +6,9 @@ changes one (the versions in `pyproject.toml` are the ones those tests passed wi
 - the session manager's live legacy sessions and their owners: the fast path answers only on a
   live session that belongs to the caller, exactly as the SDK would;
 - whether a client session's dispatcher has closed: the HTTP+SSE client keeps its transport open
-  after its event stream ended, and a request on it fails at once without reaching the upstream.
+  after its event stream ended, and a request on it fails at once without reaching the upstream;
+- the message of the error the SDK gives pending requests when a connection closes, which tells
+  it from an upstream's own error with the same code (-32000).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 from mcp import Client
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+CONNECTION_CLOSED_MESSAGE = "Connection closed"
 
 
 def live_sessions(manager: StreamableHTTPSessionManager) -> dict[str, Any]:

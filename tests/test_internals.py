@@ -20,6 +20,7 @@ from mcp import Client
 from mcp.server import Server
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp_types.jsonrpc import CONNECTION_CLOSED
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from proxy import _sdk, wire
@@ -44,6 +45,13 @@ async def test_the_session_manager_keeps_live_sessions_and_owners_where_the_fast
     assert hasattr(transport, "is_terminated"), "StreamableHTTPServerTransport.is_terminated moved"
     assert hasattr(transport, "idle_scope"), "StreamableHTTPServerTransport.idle_scope moved"
     assert hasattr(manager, "session_idle_timeout")
+
+
+def test_the_sdk_still_names_a_closed_connection_as_the_pool_expects() -> None:
+    from mcp.shared import jsonrpc_dispatcher
+
+    closed = jsonrpc_dispatcher._CLOSED_OUTCOME  # noqa: SLF001
+    assert (closed.code, closed.message) == (CONNECTION_CLOSED, _sdk.CONNECTION_CLOSED_MESSAGE)
 
 
 async def test_a_client_whose_stream_ended_is_seen_as_closed() -> None:

@@ -33,7 +33,7 @@ from mcp_types.jsonrpc import CONNECTION_CLOSED
 from pydantic import TypeAdapter, ValidationError
 
 from proxy import __version__, wire
-from proxy._sdk import client_closed
+from proxy._sdk import CONNECTION_CLOSED_MESSAGE, client_closed
 from proxy.errors import JunctionError, UpstreamError, UpstreamRefused, UpstreamTimeout, UpstreamUnavailable
 from proxy.redact import Redactor
 from proxy.upstream._clients import WireState, sse_http_client, streamable_http_client_for, tls_context
@@ -469,8 +469,8 @@ class UpstreamSession:
                     if attempt == 1:
                         continue
                     raise UpstreamUnavailable("the upstream server keeps forgetting its session") from exc
-                if exc.code != CONNECTION_CLOSED:
-                    raise
+                if exc.code != CONNECTION_CLOSED or exc.error.message != CONNECTION_CLOSED_MESSAGE:
+                    raise  # the upstream's own error (one may use -32000 too)
                 ended = await self._ended(live)
                 if live is not None and not live.done.is_set():
                     raise  # the session is alive: this was the upstream's own -32000 error
@@ -509,7 +509,9 @@ class UpstreamSession:
         """Why the session's transport ended (waits briefly for it to finish unwinding)."""
         if live is None:
             return None
-        with anyio.move_on_after(1.0):
+        # Only asked after the SDK said the connection closed, so the end is on its way; a loaded
+        # machine can take more than a second to unwind an HTTP+SSE transport.
+        with anyio.move_on_after(5.0):
             await live.done.wait()
         return live.error
 
