@@ -24,11 +24,11 @@ import pytest
 from _oauth import query
 from conftest import Gateway, OidcProvider, Upstream
 from mcp import Client
-from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
+from mcp.client.auth import AuthorizationCodeResult
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import OAuthClientMetadata
 from mcp.shared.exceptions import MCPError
 from test_oauth_sdk import MemoryStorage
+from test_oauth_sdk import provider as sdk_provider
 from test_tokens import MODERN_META
 
 LIMIT = 60.0  # every wait in this file is bounded by it
@@ -179,23 +179,6 @@ class SdkLogin:
     async def callback_handler(self) -> AuthorizationCodeResult:
         params = query(self.redirects[-1])
         return AuthorizationCodeResult(code=params["code"], state=params.get("state"), iss=params.get("iss"))
-
-
-def sdk_auth(url: str, storage: MemoryStorage, login: SdkLogin) -> OAuthClientProvider:
-    metadata = OAuthClientMetadata(
-        client_name="sdk oidc test client",
-        redirect_uris=[REDIRECT],  # type: ignore[list-item]
-        grant_types=["authorization_code", "refresh_token"],
-        response_types=["code"],
-        token_endpoint_auth_method="none",
-    )
-    return OAuthClientProvider(
-        url,
-        metadata,
-        storage,
-        redirect_handler=login.redirect_handler,
-        callback_handler=login.callback_handler,
-    )
 
 
 async def _attempt(client: Client, name: str) -> tuple[Any, ...]:
@@ -357,7 +340,8 @@ def test_each_person_sees_only_their_own_connection(
         own = f"{username}-gh"
         storage, login = MemoryStorage(), SdkLogin(browsers(gateway, provider, username))
         calls = [f"{own}__echo", f"{other}__echo", "shared__echo", "nobody__echo"]
-        names, outcomes = run_sdk(username, url, sdk_auth(url, storage, login), calls)
+        auth = sdk_provider(url, storage, login)  # type: ignore[arg-type]
+        names, outcomes = run_sdk(username, url, auth, calls)
 
         # Logged in once, through the provider, for this namespace's MCP endpoint.
         assert len(login.redirects) == 1 and query(login.redirects[0])["iss"] == gateway.url
