@@ -53,7 +53,7 @@ READY_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 LOG_TAIL_CHARS = 6000
 _T = TypeVar("_T")
-UPSTREAM_KINDS = ("modern", "legacy", "sse", "dotted", "slow", "paged")
+UPSTREAM_KINDS = ("modern", "legacy", "sse", "dotted", "slow", "paged", "config")
 _SERIAL = itertools.count(1)  # distinct log file names
 
 
@@ -678,6 +678,152 @@ def start_oidc_provider(
     yield start
     for provider in started:
         provider.stop()
+
+
+# --- an OAuth-protected upstream MCP server -----------------------------------------------------
+
+
+class OAuthUpstream(Upstream):
+    """A `tests/upstreams/oauth_upstream.py` process: an OAuth 2.1 authorization server in front of a
+    protected MCP server (see that module for the endpoints and what each option does).
+
+    ``url`` is the MCP endpoint, ``issuer`` the authorization server's issuer (``base_url`` plus
+    ``issuer_path``, no trailing slash), ``prm_url`` the path-inserted protected resource metadata.
+    ``stats()`` is ``GET /_test/stats``; `revoke_refresh_tokens`, `expire_access_tokens` and
+    `set_refresh_delay` drive the other test-control endpoints. Options (keyword arguments, defaults
+    as in the module): ``issuer_path``, ``resource_path``, ``cimd``, ``dcr``, ``www_authenticate_metadata``
+    and ``revocation`` (bools), ``client_id``, ``client_secret``, ``redirect_uris``, ``access_ttl``,
+    ``refresh_ttl``, ``scopes``, ``iss`` (``"on"``, ``"off"`` or ``"wrong"``) and ``ca_file``.
+    All state is in memory: a restart forgets clients and tokens.
+    """
+
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        issuer_path: str = "",
+        resource_path: str = "/mcp",
+        cimd: bool = True,
+        dcr: bool = True,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        redirect_uris: list[str] | tuple[str, ...] = (),
+        access_ttl: float = 3600.0,
+        refresh_ttl: float = 86400.0,
+        scopes: str = "read write admin",
+        iss: str = "on",
+        www_authenticate_metadata: bool = True,
+        revocation: bool = True,
+        ca_file: str | Path | None = None,
+    ) -> None:
+        if iss not in ("on", "off", "wrong"):
+            raise ValueError(f"iss must be on, off or wrong, not {iss!r}")
+        self.kind = "oauth"
+        self.issuer_path = issuer_path
+        self.resource_path = resource_path
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.redirect_uris = list(redirect_uris)
+        onoff = {True: "on", False: "off"}
+        self.opts = {
+            "cimd": onoff[cimd],
+            "dcr": onoff[dcr],
+            "access_ttl": access_ttl,
+            "refresh_ttl": refresh_ttl,
+            "scopes": scopes,
+            "iss": iss,
+            "www_authenticate_metadata": onoff[www_authenticate_metadata],
+            "revocation": onoff[revocation],
+        }
+        self.ca_file = ca_file
+        self.port = free_port()
+        self._process = _Process(f"oauth-upstream-{next(_SERIAL)}", log_dir)
+
+    @property
+    def url(self) -> str:
+        return self.base_url + self.resource_path
+
+    @property
+    def issuer(self) -> str:
+        return self.base_url + self.issuer_path
+
+    @property
+    def prm_url(self) -> str:
+        return self.base_url + "/.well-known/oauth-protected-resource" + self.resource_path
+
+    @property
+    def metadata_url(self) -> str:
+        """The RFC 8414 (path-inserted) authorization server metadata URL."""
+        return self.base_url + "/.well-known/oauth-authorization-server" + self.issuer_path
+
+    def _argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "tests.upstreams.oauth_upstream", "--port", str(self.port)]
+        argv += ["--issuer-path", self.issuer_path, "--resource-path", self.resource_path]
+        for key, value in self.opts.items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        if self.client_id is not None:
+            argv += ["--client-id", self.client_id, "--client-secret", self.client_secret or ""]
+        for uri in self.redirect_uris:
+            argv += ["--redirect-uri", uri]
+        if self.ca_file is not None:
+            argv += ["--ca-file", str(self.ca_file)]
+        return argv
+
+    def _ready(self) -> bool:
+        try:
+            return httpx2.get(self.prm_url, timeout=1.0, trust_env=False).status_code == 200
+        except httpx2.HTTPError:
+            return False
+
+    def _start(self) -> OAuthUpstream:
+        self.spawn()
+        self._process.wait_ready(self._ready, f"200 from GET {self.prm_url}")
+        return self
+
+    def _control(self, method: str, path: str, **params: Any) -> dict[str, Any]:
+        response = httpx2.request(method, self.base_url + path, params=params, timeout=10.0, trust_env=False)
+        response.raise_for_status()
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def stats(self) -> dict[str, Any]:
+        """Counters (authorizations, denials, token_codes, refreshes, refresh_failures, registrations,
+        cimd_fetches, revocations), ``clients``, ``active_refresh_tokens`` and ``resources``."""
+        return self._control("GET", "/_test/stats")
+
+    def revoke_refresh_tokens(self) -> None:
+        """Revoke every grant (refresh and access tokens), as if the user removed the app."""
+        self._control("POST", "/_test/revoke-refresh-tokens")
+
+    def expire_access_tokens(self) -> None:
+        """Every access token issued so far expires now."""
+        self._control("POST", "/_test/expire-access-tokens")
+
+    def set_refresh_delay(self, seconds: float) -> None:
+        """Every later refresh_token grant waits ``seconds`` before it is processed (0: none)."""
+        self._control("POST", "/_test/refresh-delay", seconds=seconds)
+
+    def __repr__(self) -> str:
+        return f"OAuthUpstream(url={self.url!r}, issuer={self.issuer!r}, running={self.running})"
+
+
+@pytest.fixture
+def start_oauth_upstream(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., OAuthUpstream]]:
+    """``start_oauth_upstream(**options) -> OAuthUpstream``: a private one for this test, stopped at
+    teardown (options as `OAuthUpstream` takes them)."""
+    started: list[OAuthUpstream] = []
+
+    def start(**options: Any) -> OAuthUpstream:
+        upstream = OAuthUpstream(tmp_path / "oauth-upstream-logs", **options)
+        started.append(upstream)
+        _track(request, upstream)
+        return upstream.launch()
+
+    yield start
+    for upstream in started:
+        upstream.stop()
 
 
 from _browser import _browser_loop, _browser_session, browser, page, pytest_collection_finish  # noqa: E402,F401

@@ -16,6 +16,13 @@ run from the repository root; it serves on 127.0.0.1:PORT until SIGTERM. Kinds:
 - ``slow``    ``tools/list`` sleeps ``--list-delay`` seconds (default 0.1); tools ``echo``, ``sleep`` and
   ``cancellations`` (the ``seconds`` of every ``sleep`` cancelled so far, as JSON).
 - ``paged``   25 tools ``t00``..``t24``, listed 10 per page with ``next_cursor``.
+- ``config``  a server that needs configuration, Streamable HTTP at ``/mcp`` like ``modern``.
+  ``GET /.well-known/mcp-config`` is its JSON Schema (draft-07): required ``apiKey`` (a string sent
+  as header ``x-api-key``, ``"x-from": {"header": "x-api-key"}``) and ``region`` (``eu`` or ``us``; no
+  ``x-from``, so the query parameter ``region``), optional boolean ``verbose``; ``$id`` is the URL
+  it was fetched at. Tools ``whoami`` (JSON ``{"apiKey", "region", "authorization"}``: the request's
+  ``x-api-key`` header, ``region`` query parameter and ``Authorization`` header, each ``null`` when
+  absent) and ``echo``. It serves requests without any configuration too.
 
 ``--echo-auth-errors WHERE`` (Streamable HTTP kinds) makes the server fail the way careless
 servers do, quoting the request's ``Authorization`` header back: ``initialize`` answers every
@@ -53,7 +60,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-KINDS = ("modern", "legacy", "sse", "dotted", "slow", "paged")
+KINDS = ("modern", "legacy", "sse", "dotted", "slow", "paged", "config")
 ECHO_AUTH_ERRORS = ("initialize", "call", "http", "http-json")
 # The protocol revisions a 2025-era server knows (all of them negotiated through `initialize`).
 HANDSHAKE_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
@@ -153,6 +160,18 @@ def _constant(text: str) -> Handler:
     return handler
 
 
+async def _config_whoami(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+    request = ctx.request
+    if not isinstance(request, Request):
+        return _text(json.dumps({"apiKey": None, "region": None, "authorization": None}))
+    seen = {
+        "apiKey": request.headers.get("x-api-key"),
+        "region": request.query_params.get("region"),
+        "authorization": request.headers.get("authorization"),
+    }
+    return _text(json.dumps(seen))
+
+
 async def _create_issue(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
     title = str(args.get("title", ""))
     return _text(f"created:{title}", structured={"created": title})
@@ -207,6 +226,16 @@ DOTTED = [
     ),
     _spec(LONG_NAME, "A tool with a 100-character name", _constant("long"), _schema()),
 ]
+CONFIG = [
+    _spec(
+        "whoami",
+        "The configuration this request carried: x-api-key header, region query parameter and"
+        " Authorization header (JSON, null when absent)",
+        _config_whoami,
+        _schema(),
+    ),
+    ECHO,
+]
 PAGED = [_spec(f"t{i:02d}", f"Paged tool {i}", _constant(f"t{i:02d}"), _schema()) for i in range(25)]
 TOOLS: dict[str, list[ToolSpec]] = {
     "modern": STANDARD,
@@ -215,6 +244,29 @@ TOOLS: dict[str, list[ToolSpec]] = {
     "dotted": DOTTED,
     "slow": [ECHO, SLEEP, CANCELLATIONS],
     "paged": PAGED,
+    "config": CONFIG,
+}
+# The `config` kind's configuration: a JSON Schema (draft-07) served at /.well-known/mcp-config.
+CONFIG_SCHEMA: dict[str, Any] = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "Config test server",
+    "type": "object",
+    "required": ["apiKey", "region"],
+    "properties": {
+        "apiKey": {
+            "type": "string",
+            "title": "API key",
+            "description": "Your key for the config test server",
+            "x-from": {"header": "x-api-key"},
+        },
+        "region": {
+            "type": "string",
+            "title": "Region",
+            "description": "Where your data lives",
+            "enum": ["eu", "us"],
+        },
+        "verbose": {"type": "boolean", "description": "More output"},
+    },
 }
 
 
@@ -324,8 +376,13 @@ class EchoAuthErrors:
             await JSONResponse(error, status_code=status)(scope, receive, send)
 
 
+async def _config_schema(request: Request) -> Response:
+    """The `config` kind's configuration schema; its ``$id`` is the URL it was fetched at."""
+    return JSONResponse({"$id": str(request.url.replace(query=""))} | CONFIG_SCHEMA)
+
+
 def _streamable_http_app(
-    server: Server[Any], *, legacy_only: bool, echo_auth_errors: str | None = None
+    server: Server[Any], *, legacy_only: bool, echo_auth_errors: str | None = None, config: bool = False
 ) -> Starlette:
     manager = StreamableHTTPSessionManager(app=server, security_settings=NO_SECURITY)
 
@@ -339,7 +396,10 @@ def _streamable_http_app(
         endpoint = LegacyOnly(endpoint)
     if echo_auth_errors:
         endpoint = EchoAuthErrors(endpoint, echo_auth_errors)
-    return Starlette(routes=[Route("/mcp", endpoint=endpoint)], lifespan=lifespan)
+    routes = [Route("/mcp", endpoint=endpoint)]
+    if config:
+        routes.append(Route("/.well-known/mcp-config", _config_schema, methods=["GET"]))
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def _sse_app(server: Server[Any]) -> Starlette:
@@ -365,7 +425,9 @@ def build_app(kind: str, list_delay: float | None = None, echo_auth_errors: str 
     server = build_server(kind, delay)
     if kind == "sse":
         return _sse_app(server)
-    return _streamable_http_app(server, legacy_only=kind == "legacy", echo_auth_errors=echo_auth_errors)
+    return _streamable_http_app(
+        server, legacy_only=kind == "legacy", echo_auth_errors=echo_auth_errors, config=kind == "config"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
