@@ -55,7 +55,9 @@ from proxy.settings import Settings
 from proxy.state import Gateway
 from proxy.store import Store, open_store
 from proxy.upstream import ConnectionPool
+from proxy.upstream_auth import UpstreamAuth
 from proxy.vault import Vault
+from proxy.web import setup as upstream_setup
 
 log = logging.getLogger("junction")
 
@@ -275,6 +277,10 @@ ROUTES: list[Route] = [
     route("/token", oauth.token, ["POST"], public=True),
     route("/revoke", oauth.revoke, ["POST"], public=True),
     route("/register", oauth.register, ["POST"], public=True),
+    # The gateway as the OAuth client of upstreams, and the pages a connection's setupUrl opens.
+    route(upstream_setup.CALLBACK_PATH, upstream_setup.callback, ["GET"], public=True),
+    route(upstream_setup.CLIENT_METADATA_PATH, upstream_setup.client_metadata, ["GET"], public=True),
+    route("/setup/{namespace}/{connection}", upstream_setup.setup, ["GET", "POST"], public=True),
     route("/oauth/grants", oauth.list_grants, ["GET"]),
     route("/oauth/grants/{grant_id}", oauth.revoke_grant, ["DELETE"]),
     route("/servers", servers, ["GET"]),
@@ -332,6 +338,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             sync_interval=settings.token_sync_interval,
         )
         await service_tokens.load()
+        upstream_auth = UpstreamAuth(settings, store, vault)
         async with anyio.create_task_group() as tg:
             pool = ConnectionPool(
                 tg,
@@ -343,8 +350,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 max_result_bytes=settings.max_result_bytes,
                 max_tool_pages=settings.max_tool_pages,
                 failure_ttl=settings.listing_failure_ttl,
+                credentials_for=lambda key, config: upstream_auth.credentials(
+                    key, config.url, config.headers, config.oauth_client
+                ),
             )
-            directory = Directory(store, vault, pool, settings)
+            directory = Directory(store, vault, pool, settings, upstream_auth)
             catalog = Catalog(directory, settings.fanout_timeout)
             server = build_namespace_server(directory, catalog, settings)
             manager = build_session_manager(server, settings)
@@ -359,6 +369,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 tokens=service_tokens,
                 authentication=authentication,
                 oauth=oauth_server,
+                upstream_auth=upstream_auth,
                 pool=pool,
                 directory=directory,
                 catalog=catalog,
@@ -370,6 +381,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             tg.start_soon(api_keys.run_flusher)
             tg.start_soon(service_tokens.run_sync)
             tg.start_soon(oauth_server.run_pruner)
+            tg.start_soon(upstream_auth.run_refresher, tg)
             # Everything built so far lives as long as the process: keep the collector off it.
             gc.collect()
             gc.freeze()
@@ -379,6 +391,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             finally:
                 await pool.aclose()
                 await oauth_server.aclose()
+                await upstream_auth.aclose()
                 with anyio.CancelScope(shield=True):
                     await api_keys.close()
                 tg.cancel_scope.cancel()

@@ -13,10 +13,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 
-from proxy.errors import Conflict, NotFound, ValidationFailed
+from proxy.errors import Conflict, JunctionError, NotFound, ValidationFailed
 from proxy.names import (
     CONNECTION_ID_RE,
     generate_connection_id,
@@ -30,6 +31,8 @@ from proxy.store import ConnectionRecord, NamespaceRecord, Store
 from proxy.upstream import ConnectionPool, UpstreamConfig
 from proxy.upstream.pool import UpstreamSession
 from proxy.upstream.ssrf import validate_url_syntax
+from proxy.upstream_auth import UpstreamAuth
+from proxy.upstream_auth import config as server_config
 from proxy.vault import Vault, VaultError
 
 HEADER_NAME_CHARS = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -55,16 +58,33 @@ class ConnectionInput:
     metadata_set: bool = False
     headers: dict[str, str | None] | None = None
     timeouts: dict[str, float] | None = None
+    server: str | None = None
+    return_url: str | None = None
+    setup: dict[str, Any] | None = None  # resolved from `server` and the upstream, not the body
 
 
 def parse_connection_input(body: Mapping[str, Any]) -> ConnectionInput:
     """Validate the JSON body of POST/PUT connection requests."""
-    known = {"mcpUrl", "name", "metadata", "headers", "connectionId", "timeouts", "transport", "server"}
+    known = {
+        "mcpUrl", "name", "metadata", "headers", "connectionId", "timeouts", "transport", "server", "returnUrl",
+    }  # fmt: skip
     unknown = sorted(set(body) - known)
     if unknown:
         raise ValidationFailed(f"unknown field(s): {', '.join(unknown)}")
-    if body.get("server") is not None:
-        raise ValidationFailed("registry servers ('server') are not supported; give the server's mcpUrl")
+    server = body.get("server")
+    if server is not None and (not isinstance(server, str) or not 1 <= len(server) <= 128):
+        raise ValidationFailed("server must be the name of a server in the gateway's catalog")
+    return_url = body.get("returnUrl")
+    if return_url is not None:
+        parts = urlsplit(return_url) if isinstance(return_url, str) else None
+        if (
+            parts is None
+            or len(return_url) > 2048
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or any(c <= " " or c == "\x7f" for c in return_url)
+        ):
+            raise ValidationFailed("returnUrl must be an http(s) URL of at most 2048 characters")
     if body.get("transport") not in (None, "http"):
         raise ValidationFailed("only transport 'http' is supported")
     url = body.get("mcpUrl")
@@ -114,6 +134,8 @@ def parse_connection_input(body: Mapping[str, Any]) -> ConnectionInput:
         metadata_set="metadata" in body,
         headers=headers,
         timeouts={k: float(v) for k, v in timeouts.items()} if timeouts else None,
+        server=server,
+        return_url=return_url,
     )
 
 
@@ -148,11 +170,15 @@ def _decode_cursor(cursor: str) -> str:
 class Directory:
     """Namespaces and their connections, cached, with their upstream sessions."""
 
-    def __init__(self, store: Store, vault: Vault, pool: ConnectionPool, settings: Settings):
+    def __init__(
+        self, store: Store, vault: Vault, pool: ConnectionPool, settings: Settings, auth: UpstreamAuth
+    ):
         self._store = store
         self._vault = vault
         self._pool = pool
         self._settings = settings
+        self._auth = auth
+        auth.on_blocked = self.blocked
         self._namespaces: dict[str, NamespaceRecord] = {}
         self._connections: dict[str, dict[str, ConnectionRecord]] = {}
         self._configs: dict[tuple[str, str], UpstreamConfig] = {}
@@ -206,12 +232,15 @@ class Directory:
     async def delete_namespace(self, name: str) -> None:
         await self.namespace(name)
         async with self._lock(name):
+            revokes = [await self._auth.forget((name, r.connection_id)) for r in await self.connections(name)]
             await self._store.delete_namespace(name)
             self._namespaces.pop(name, None)
             for cid in list(self._connections.pop(name, {})):
                 self._configs.pop((name, cid), None)
         self._changed(name, None)
         await self._pool.remove_namespace(name)
+        for revoke in revokes:
+            await revoke()
 
     # connections
     def _lock(self, namespace: str) -> anyio.Lock:
@@ -288,9 +317,42 @@ class Directory:
     ) -> ConnectionRecord:
         if connection_id is not None:
             validate_connection_id(connection_id)
+        await self.namespace(namespace)
+        data = await self._resolved(data)
         async with self._lock(namespace):
             record = await self._create_locked(namespace, connection_id, data)
         return await self._connect(record)
+
+    async def _resolved(self, data: ConnectionInput) -> ConnectionInput:
+        """A new connection's URL and setup: from the catalog (`server`), with the config schema
+        of the catalog or of the upstream's `/.well-known/mcp-config`."""
+        url, setup = data.mcp_url, dict(data.setup or {})
+        if data.server is not None:
+            entry = self._settings.server(data.server)
+            if entry is None:
+                known = ", ".join(sorted(s["name"] for s in self._settings.servers)) or "none"
+                raise ValidationFailed(
+                    f"server {data.server[:128]!r} is not in the gateway's catalog (servers in config.toml: {known})"
+                )
+            if url is None:
+                url = entry["url"]
+            elif not server_config.same_target(entry["url"], url):
+                raise ValidationFailed(
+                    f"mcpUrl must be the URL of server {data.server!r} (its query may add settings)"
+                )
+            setup["server"] = data.server
+            if entry.get("config_schema"):
+                server_config.parse_schema(entry["config_schema"])
+                setup["schema"] = entry["config_schema"]
+        if url is None:
+            raise ValidationFailed("mcpUrl (or server) is required to create a connection")
+        if data.return_url is not None:
+            setup["returnUrl"] = data.return_url
+        if "schema" not in setup:
+            schema = await server_config.fetch_schema(self._auth.http, url)
+            if schema is not None:
+                setup["schema"] = schema
+        return replace(data, mcp_url=url, setup=setup or None)
 
     async def _create_locked(
         self, namespace: str, connection_id: str | None, data: ConnectionInput
@@ -314,6 +376,7 @@ class Directory:
             created_at=now,
             updated_at=now,
             timeouts=data.timeouts,
+            setup=data.setup,
         )
         record = self._with_headers(record, {k: v for k, v in (data.headers or {}).items() if v is not None})
         return await self._save(record)
@@ -322,6 +385,8 @@ class Directory:
         self, namespace: str, connection_id: str, data: ConnectionInput
     ) -> tuple[ConnectionRecord, bool]:
         validate_connection_id(connection_id)
+        if connection_id not in await self._loaded(namespace):
+            data = await self._resolved(data)
         async with self._lock(namespace):
             record, created = await self._upsert_locked(namespace, connection_id, data)
         return await self._connect(record), created
@@ -333,15 +398,25 @@ class Directory:
             return await self._create_locked(namespace, connection_id, data), True
         current = await self.connection(namespace, connection_id)
         if data.mcp_url is not None and data.mcp_url != current.mcp_url:
-            raise Conflict(
-                f"connection {connection_id!r} already points at a different mcpUrl; "
-                "delete it first to change the upstream"
-            )
+            settling = current.status.get("state") == "input_required"
+            if not (settling and server_config.same_target(current.mcp_url, data.mcp_url)):
+                raise Conflict(
+                    f"connection {connection_id!r} already points at a different mcpUrl; "
+                    "delete it first to change the upstream"
+                    + (" (while input_required, only its query may change)" if settling else "")
+                )
+        setup = dict(current.setup or {})
+        if data.server is not None and data.server != setup.get("server"):
+            raise Conflict(f"connection {connection_id!r} was not created from server {data.server!r}")
+        if data.return_url is not None:
+            setup["returnUrl"] = data.return_url
         record = replace(
             current,
+            mcp_url=data.mcp_url if data.mcp_url is not None else current.mcp_url,
             name=data.name if data.name is not None else current.name,
             metadata=data.metadata if data.metadata_set else current.metadata,
             timeouts=data.timeouts if data.timeouts is not None else current.timeouts,
+            setup=setup or None,
             updated_at=datetime.now(UTC),
         )
         if data.headers is not None:
@@ -357,11 +432,13 @@ class Directory:
     async def delete_connection(self, namespace: str, connection_id: str) -> None:
         async with self._lock(namespace):
             await self.connection(namespace, connection_id)
+            revoke = await self._auth.forget((namespace, connection_id))
             await self._store.delete_connection(namespace, connection_id)
             self._connections.get(namespace, {}).pop(connection_id, None)
             self._configs.pop((namespace, connection_id), None)
         self._changed(namespace, connection_id)
         await self._pool.remove((namespace, connection_id))
+        await revoke()  # the upstream's tokens, where its authorization server offers revocation
 
     # upstream sessions
     def upstream_for(self, record: ConnectionRecord) -> UpstreamSession:
@@ -378,21 +455,74 @@ class Directory:
 
     def _config(self, record: ConnectionRecord) -> UpstreamConfig:
         s = self._settings
+        key = (record.namespace, record.connection_id)
         timeouts = record.timeouts or {}
         try:
             headers, unusable = self._open_headers(record), ""
         except VaultError:
             headers, unusable = {}, UNDECRYPTABLE
         # Log lines never carry these headers, whoever writes them (an upstream may echo them).
-        LOG_REDACTION.remember((record.namespace, record.connection_id), Redactor.for_headers(headers))
+        LOG_REDACTION.remember(key, Redactor.for_headers(headers))
+        setup = record.setup or {}
+        fields = self._fields(record)
+        url, headers = server_config.upstream_request(fields, record.mcp_url, headers)
+        catalog = self._settings.server(setup["server"]) if setup.get("server") else None
+        oauth_client = (
+            {
+                "client_id": catalog["oauth_client_id"],
+                "client_secret": catalog.get("oauth_client_secret"),
+                "auth_method": catalog.get("oauth_auth_method"),
+            }
+            if catalog and catalog.get("oauth_client_id")
+            else None
+        )
         return UpstreamConfig(
-            url=record.mcp_url,
+            url=url,
             headers=headers,
             connect_timeout=timeouts.get("connect", s.connect_timeout),
             list_timeout=timeouts.get("list", s.list_timeout),
             call_timeout=timeouts.get("call", s.call_timeout),
             unusable=unusable,
+            input_required=server_config.input_required(
+                fields, record.mcp_url, record.header_names, self._auth.setup_url(key)
+            )
+            if fields
+            else None,
+            oauth_client=oauth_client,
         )
+
+    def _fields(self, record: ConnectionRecord) -> tuple[server_config.ConfigField, ...]:
+        """The configurable fields of a connection's server (none when it declares no schema)."""
+        schema = (record.setup or {}).get("schema")
+        if not schema:
+            return ()
+        try:
+            return server_config.parse_schema(schema)
+        except ValidationFailed:
+            return ()
+
+    def config_fields(self, record: ConnectionRecord) -> tuple[server_config.ConfigField, ...]:
+        """What the setup form asks for."""
+        return self._fields(record)
+
+    def setup_link_ok(self, namespace: str, connection_id: str, token: str) -> None:
+        self._auth.check_setup_link((namespace, connection_id), token)
+
+    async def authorized(self, namespace: str, connection_id: str) -> ConnectionRecord:
+        """Its user authorized the gateway: connect now, and return the connection as it stands."""
+        record = await self.connection(namespace, connection_id)
+        session = self.upstream_for(record)
+        try:
+            await session.authorized()
+        except JunctionError:
+            pass  # the status says what happened
+        return await self.connection(namespace, connection_id)
+
+    async def blocked(self, key: tuple[str, str], problem: JunctionError) -> None:
+        """Its tokens were refused in the background (a revoked grant): say so in the status."""
+        record = self._connections.get(key[0], {}).get(key[1])
+        if record is not None:
+            await self.upstream_for(record).block(problem)
 
     def _headers(self, record: ConnectionRecord) -> dict[str, str]:
         """The plaintext headers, or none when the vault cannot open them (new ones replace them)."""

@@ -15,6 +15,8 @@
     ├── Conflict                  conflict        409
     ├── HeadersTooLarge           headers_too_large 431
     ├── ToolError                 tool_error      422
+    ├── AuthRequired              auth_required   401 (JSON-RPC -32001: the user must authorize)
+    ├── InputRequired             input_required  409 (JSON-RPC -32002: configuration is missing)
     └── UpstreamError             upstream_error  502
         ├── UpstreamTimeout       upstream_timeout 504
         ├── UpstreamUnavailable   upstream_unavailable 502
@@ -142,6 +144,48 @@ class HeadersTooLarge(JunctionError):
 class ToolError(JunctionError):
     code = "tool_error"
     status = 422
+
+
+class AuthRequired(JunctionError):
+    """A connection's upstream needs the user to authorize the gateway (its OAuth tokens are
+    missing, refused, or lack a scope). `status` is the connection status, with the `setupUrl`."""
+
+    code = "auth_required"
+    status = 401
+    jsonrpc_code = -32001
+
+    def __init__(self, status: dict[str, Any], message: str = ""):
+        url = status.get("setupUrl")
+        super().__init__(
+            message or f"the connection needs authorization: send its user to {url}",
+            data={"authorizationUrl": url, "setupUrl": url},
+        )
+        self.connection_status = status
+        self.headers["x-should-retry"] = "false"
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "setupUrl": self.connection_status.get("setupUrl")}
+
+
+class InputRequired(JunctionError):
+    """A connection's server needs configuration it was not given (`status` says which fields)."""
+
+    code = "input_required"
+    status = 409
+    jsonrpc_code = -32002
+
+    def __init__(self, status: dict[str, Any]):
+        missing = status.get("missing", {})
+        names = [*missing.get("headers", []), *missing.get("query", [])]
+        super().__init__(
+            f"the connection needs configuration: {', '.join(names) or 'see setupUrl'}",
+            data={k: status[k] for k in ("http", "missing", "setupUrl") if k in status},
+        )
+        self.connection_status = status
+        self.headers["x-should-retry"] = "false"
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), **self.data}
 
 
 class UpstreamError(JunctionError):

@@ -69,6 +69,11 @@ class Settings:
     oidc_scopes: str = "openid email profile"
     oidc_namespaces: tuple[str, ...] = ()
     oidc_name: str = "single sign-on"
+    # The gateway as the OAuth client of upstreams, and servers' configuration (proxy/upstream_auth/).
+    servers: tuple[dict[str, Any], ...] = ()
+    upstream_oauth_clients: tuple[dict[str, Any], ...] = ()
+    setup_link_ttl: int = 7 * 86400
+    upstream_refresh_poll: float = 5.0
 
     def __post_init__(self) -> None:
         if self.tool_names not in ("auto", "dotted", "safe"):
@@ -94,6 +99,46 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         self._check_oauth()
+        self._check_upstreams()
+
+    def _check_upstreams(self) -> None:
+        names: set[str] = set()
+        for server in self.servers:
+            name, url = server.get("name"), server.get("url")
+            if (
+                not isinstance(name, str)
+                or not re.fullmatch(r"[A-Za-z0-9@/._-]{1,128}", name)
+                or "://" in name
+            ):
+                raise ConfigError("each of servers needs a name of letters, digits and @/._- (no URL)")
+            if name in names:
+                raise ConfigError(f"servers: {name!r} is listed twice")
+            names.add(name)
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ConfigError(f"servers: {name!r} needs an http(s) url")
+            unknown = set(server) - {
+                "name", "url", "description", "config_schema", "oauth_client_id", "oauth_client_secret",
+                "oauth_auth_method",
+            }  # fmt: skip
+            if unknown:
+                raise ConfigError(f"servers: {name!r} has unknown keys {', '.join(sorted(unknown))}")
+            schema = server.get("config_schema")
+            if isinstance(schema, str):
+                try:
+                    server["config_schema"] = json.loads(schema)
+                except ValueError as exc:
+                    raise ConfigError(f"servers: the config_schema of {name!r} is not JSON") from exc
+        for client in self.upstream_oauth_clients:
+            if not isinstance(client.get("issuer"), str) or not isinstance(client.get("client_id"), str):
+                raise ConfigError("each of upstream_oauth_clients needs an issuer and a client_id")
+        if self.setup_link_ttl < 300:
+            raise ConfigError("setup_link_ttl must be at least 300 seconds")
+        if self.upstream_refresh_poll <= 0:
+            raise ConfigError("upstream_refresh_poll must be positive")
+
+    def server(self, name: str) -> dict[str, Any] | None:
+        """The catalog entry `name` (`servers` in config.toml), or None."""
+        return next((s for s in self.servers if s.get("name") == name), None)
 
     def _check_oauth(self) -> None:
         unknown = set(self.oauth_login) - {"key", "oidc"}

@@ -17,6 +17,7 @@ from proxy.oauth_server import AuthorizationServer
 from proxy.settings import Settings
 from proxy.store import Store
 from proxy.upstream import ConnectionPool
+from proxy.upstream_auth import UpstreamAuth
 from proxy.vault import Vault
 
 
@@ -29,6 +30,7 @@ class Gateway:
     tokens: ServiceTokens
     authentication: Authentication
     oauth: AuthorizationServer
+    upstream_auth: UpstreamAuth
     pool: ConnectionPool
     directory: Directory
     catalog: Catalog

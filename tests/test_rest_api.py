@@ -341,8 +341,11 @@ def test_per_connection_endpoint_refuses_get(gateway, modern_upstream, path: str
 def test_an_upstream_that_is_not_mcp_gets_a_clear_error(gateway) -> None:  # type: ignore[no-untyped-def]
     with gateway.client() as client:
         ns = _ns(client)
-        # The gateway's own health route answers JSON, but not MCP.
-        response = client.put(f"/{ns}/garbage", json={"mcpUrl": gateway.url + "/health"})
+        # The gateway's own metadata route answers JSON to GET, and 405 to POST: not MCP. (Its
+        # /health is not used: POST there reaches the REST API, whose 401 names an OAuth server.)
+        response = client.put(
+            f"/{ns}/garbage", json={"mcpUrl": gateway.url + "/.well-known/oauth-authorization-server"}
+        )
         assert response.status_code == 201
         status = response.json()["status"]
         assert status["state"] == "error" and "does not speak MCP" in status["message"]

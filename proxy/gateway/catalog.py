@@ -15,7 +15,7 @@ import mcp.types as types
 
 from proxy.auth.policy import CALL, LIST, Principal, allows, require
 from proxy.directory import Directory
-from proxy.errors import JunctionError, NotFound, UpstreamError
+from proxy.errors import AuthRequired, InputRequired, JunctionError, NotFound, UpstreamError
 from proxy.gateway.names import NameMap, NameStyle, Ref
 from proxy.store import ConnectionRecord
 from proxy.upstream.fastlane import NotificationSink
@@ -187,6 +187,7 @@ class Catalog:
             await self.gather(namespace, principal, rpc)
             ref = self._lookup(namespace, name)
         if ref is None:
+            self._raise_if_blocked(namespace, principal, name, rpc)
             raise missing
         try:
             record = await self._directory.connection(namespace, ref[0])
@@ -195,6 +196,26 @@ class Catalog:
         except NotFound as exc:
             raise missing from exc
         return record, ref[1]
+
+    def _raise_if_blocked(
+        self, namespace: str, principal: Principal, name: str, rpc: dict[str, Any] | None
+    ) -> None:
+        """A tool of a connection waiting for its user (authorization or configuration) is not
+        listed; calling it says what the connection needs instead of "not found"."""
+        for record in self._directory.cached_connections(namespace):
+            cid = record.connection_id
+            if not name.startswith((cid + "__", cid + ".")):
+                continue
+            state = record.status.get("state")
+            if state not in ("auth_required", "input_required"):
+                continue
+            if not principal.admin and not allows(
+                principal, CALL, "connections", namespace, record.metadata or {}, rpc
+            ):
+                continue
+            if state == "auth_required":
+                raise AuthRequired(record.status)
+            raise InputRequired(record.status)
 
     def _lookup(self, namespace: str, name: str) -> Ref | None:
         name_map = self._maps.get(namespace)

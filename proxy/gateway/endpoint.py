@@ -72,7 +72,7 @@ async def call_for_mcp(
         # The model sees why the tool failed; the session stays usable.
         return {"content": [{"type": "text", "text": exc.message}], "isError": True}
     except JunctionError as exc:
-        raise MCPError(exc.jsonrpc_code, exc.message) from exc
+        raise MCPError(exc.jsonrpc_code, exc.message, exc.data) from exc
 
 
 def build_namespace_server(directory: Directory, catalog: Catalog, settings: Settings) -> Server[Any]:

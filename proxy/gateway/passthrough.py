@@ -52,7 +52,7 @@ def rpc_error(
 
 
 def error_response(id_: Any, exc: JunctionError) -> Response:
-    return rpc_error(id_, exc.jsonrpc_code, exc.message, exc.status, headers=exc.headers)
+    return rpc_error(id_, exc.jsonrpc_code, exc.message, exc.status, exc.data, headers=exc.headers)
 
 
 class Passthrough:
@@ -131,7 +131,7 @@ class Passthrough:
                     failed = {"content": [{"type": "text", "text": exc.message}], "isError": True}
                     body = wire.result_body(message.id, failed)
                 except JunctionError as exc:
-                    body = wire.error_body(message.id, exc.jsonrpc_code, exc.message)
+                    body = wire.error_body(message.id, exc.jsonrpc_code, exc.message, exc.data)
                 await send.send(wire.sse_event(body))
 
         async def events() -> AsyncIterator[bytes]:

@@ -36,6 +36,8 @@ class ConnectionRecord:
     status: dict[str, Any] = field(default_factory=lambda: {"state": "connected"})
     server_info: dict[str, Any] | None = None
     timeouts: dict[str, float] | None = None
+    # How it is configured: `server` (catalog name), `schema` (its config schema), `returnUrl`.
+    setup: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

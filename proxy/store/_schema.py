@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
@@ -37,6 +39,7 @@ connections = sa.Table(
     sa.Column("timeouts", sa.JSON, nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("setup", sa.JSON, nullable=True),  # added in migration 4
 )
 
 api_keys = sa.Table(
@@ -120,9 +123,54 @@ oauth_refresh_tokens = sa.Table(
     sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
 )
 
-# Each migration is a list of tables created at that version; later versions add ALTERs here.
-MIGRATIONS: list[list[sa.Table]] = [
+# The gateway as the OAuth client of upstreams (proxy/upstream_auth/). Tokens and client secrets
+# are sealed by the vault; what schedules refreshes (times, versions, leases) is in the clear.
+upstream_clients = sa.Table(
+    "upstream_clients",
+    metadata,
+    # One registration per authorization server and callback URL, reused by every connection.
+    sa.Column("issuer", sa.String(2048), primary_key=True),
+    sa.Column("redirect_uri", sa.String(2048), primary_key=True),
+    sa.Column("sealed", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+upstream_auth = sa.Table(
+    "upstream_auth",
+    metadata,
+    sa.Column("namespace", sa.String(39), primary_key=True),
+    sa.Column("connection_id", sa.String(64), primary_key=True),
+    sa.Column("discovered", sa.JSON, nullable=False),  # issuer, endpoints, resource, scope (public)
+    sa.Column("tokens_sealed", sa.Text, nullable=True),
+    sa.Column("version", sa.Integer, nullable=False),  # +1 on every change of the tokens
+    sa.Column("expires_at", sa.Float, nullable=True),  # epoch seconds, of the access token
+    sa.Column("refresh_at", sa.Float, nullable=True, index=True),  # when to refresh (with jitter)
+    sa.Column("lease_owner", sa.String(32), nullable=True),  # who is refreshing now
+    sa.Column("lease_until", sa.Float, nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+upstream_states = sa.Table(
+    "upstream_states",
+    metadata,
+    sa.Column("state_hash", sa.String(64), primary_key=True),
+    sa.Column("namespace", sa.String(39), nullable=False),
+    sa.Column("connection_id", sa.String(64), nullable=False),
+    sa.Column("sealed", sa.Text, nullable=False),  # the PKCE verifier and what the callback checks
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Each migration is a list of tables created, and of columns added, at that version.
+MIGRATIONS: list[list[sa.Table | sa.Column[Any]]] = [
     [namespaces, connections, api_keys],
     [signing_keys, service_tokens],
     [oauth_clients, oauth_grants, oauth_codes, oauth_refresh_tokens],
+    [
+        # How the connection is configured: catalog server, config schema, the app's return URL.
+        sa.Column("setup", sa.JSON, nullable=True),
+        upstream_clients,
+        upstream_auth,
+        upstream_states,
+    ],
 ]
+ADDED_TO = {"setup": connections}  # the table each added column belongs to

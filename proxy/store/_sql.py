@@ -23,6 +23,7 @@ from proxy.store._models import (
     _utc,
 )
 from proxy.store._oauth import OAuthStore, SqlOAuthStore
+from proxy.store._upstream import SqlUpstreamAuthStore, UpstreamAuthStore
 
 
 class Store(Protocol):
@@ -31,6 +32,11 @@ class Store(Protocol):
     @property
     def oauth(self) -> OAuthStore:
         """The authorization server's rows."""
+        ...
+
+    @property
+    def upstream(self) -> UpstreamAuthStore:
+        """The rows of the gateway as the OAuth client of upstreams."""
         ...
 
     async def close(self) -> None: ...
@@ -84,6 +90,7 @@ def _connection(row: sa.Row[Any]) -> ConnectionRecord:
         status=row.status or {"state": "connected"},
         server_info=row.server_info,
         timeouts=row.timeouts,
+        setup=row.setup,
     )
 
 
@@ -111,23 +118,35 @@ def _service_token(row: sa.Row[Any]) -> ServiceTokenRecord:
     )
 
 
+def _add_column(conn: sa.Connection, table: sa.Table, column: sa.Column[Any]) -> None:
+    """`ALTER TABLE ... ADD COLUMN`, unless the table already has it (it was created with it)."""
+    if column.name in {c["name"] for c in sa.inspect(conn).get_columns(table.name)}:
+        return
+    ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+
+
 class SqlStore:
     """`Store` over an async SQLAlchemy engine."""
 
     def __init__(self, engine: AsyncEngine):
         self._engine = engine
         self.oauth = SqlOAuthStore(engine)
+        self.upstream = SqlUpstreamAuthStore(engine)
 
     async def migrate(self) -> None:
         """Bring the schema to the newest version; safe to run on every start."""
         async with self._engine.begin() as conn:
             await conn.run_sync(lambda c: t.schema_version.create(c, checkfirst=True))
             current = (await conn.execute(sa.select(sa.func.max(t.schema_version.c.version)))).scalar() or 0
-            for version, tables in enumerate(t.MIGRATIONS, start=1):
+            for version, changes in enumerate(t.MIGRATIONS, start=1):
                 if version <= current:
                     continue
-                for table in tables:
-                    await conn.run_sync(table.create, checkfirst=True)
+                for change in changes:
+                    if isinstance(change, sa.Table):
+                        await conn.run_sync(change.create, checkfirst=True)
+                    else:
+                        await conn.run_sync(_add_column, t.ADDED_TO[change.name], change)
                 await conn.execute(sa.insert(t.schema_version).values(version=version))
 
     async def close(self) -> None:
@@ -173,6 +192,8 @@ class SqlStore:
     async def delete_namespace(self, name: str) -> bool:
         async with self._engine.begin() as conn:
             await conn.execute(sa.delete(t.connections).where(t.connections.c.namespace == name))
+            for table in (t.upstream_auth, t.upstream_states):
+                await conn.execute(sa.delete(table).where(table.c.namespace == name))
             result = await conn.execute(sa.delete(t.namespaces).where(t.namespaces.c.name == name))
             return result.rowcount > 0
 
@@ -207,6 +228,7 @@ class SqlStore:
             "status": record.status,
             "server_info": record.server_info,
             "timeouts": record.timeouts,
+            "setup": record.setup,
             "created_at": record.created_at,
             "updated_at": record.updated_at,
         }
@@ -229,6 +251,12 @@ class SqlStore:
                     t.connections.c.namespace == namespace, t.connections.c.connection_id == connection_id
                 )
             )
+            for table in (t.upstream_auth, t.upstream_states):
+                await conn.execute(
+                    sa.delete(table).where(
+                        table.c.namespace == namespace, table.c.connection_id == connection_id
+                    )
+                )
             return result.rowcount > 0
 
     async def set_connection_state(

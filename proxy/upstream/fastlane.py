@@ -22,7 +22,7 @@ from mcp.shared.exceptions import MCPError
 from proxy import __version__, wire
 from proxy.upstream._http1 import Http1Pool
 from proxy.upstream._http1 import Response as HttpResponse
-from proxy.upstream.credentials import Credentials
+from proxy.upstream.credentials import Challenge, Credentials
 
 _ids = itertools.count(1)
 _background: set[asyncio.Task[None]] = set()
@@ -146,12 +146,16 @@ class FastLane:
             if self._heads_for != self.credentials.version:
                 self._build_heads()
             async with self.http.post(self._call_head, body, extra, deadline) as response:
-                if response.status == 401:
-                    rejected = self._heads_for
-                    await response.read()
-                    if attempt == 1 and await self.credentials.refresh(rejected):
-                        continue
-                    raise Unauthorized("the upstream refused the gateway's credentials (HTTP 401)")
+                if response.status in (401, 403):
+                    challenge = Challenge.parse(response.status, response.headers.get("www-authenticate"))
+                    if challenge.refused:
+                        rejected = self._heads_for
+                        await response.read()
+                        if attempt == 1 and await self.credentials.rejected(rejected or 0, challenge):
+                            continue
+                        raise Unauthorized(
+                            f"the upstream refused the gateway's credentials (HTTP {response.status})"
+                        )
                 return await self._answer(response, exchange, deadline, notify)
         raise AssertionError("unreachable")
 

@@ -34,7 +34,14 @@ from pydantic import TypeAdapter, ValidationError
 
 from proxy import __version__, wire
 from proxy._sdk import CONNECTION_CLOSED_MESSAGE, client_closed
-from proxy.errors import JunctionError, UpstreamError, UpstreamRefused, UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import (
+    InputRequired,
+    JunctionError,
+    UpstreamError,
+    UpstreamRefused,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from proxy.redact import Redactor
 from proxy.upstream._clients import WireState, sse_http_client, streamable_http_client_for, tls_context
 from proxy.upstream._describe import describe_failure, leaves, never_sent, not_mcp
@@ -74,6 +81,10 @@ class UpstreamConfig:
     call_timeout: float = 600.0
     # Why this upstream must not be contacted (its stored credentials cannot be decrypted).
     unusable: str = ""
+    # The `input_required` status when configuration is missing: not contacted until given it.
+    input_required: dict[str, Any] | None = None
+    # A catalog server's own OAuth app (client_id, client_secret), for the credentials hook.
+    oauth_client: dict[str, Any] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -147,28 +158,21 @@ class UpstreamSession:
             self._forget(live.client)  # its event stream ended: nothing sent on it arrives
         if self.config.unusable:
             raise UpstreamUnavailable(self.config.unusable)
+        if self.config.input_required is not None:
+            await self._set_state(self.config.input_required)
+            raise InputRequired(self.config.input_required)
         async with self._connect_lock:
             live = self._live
             if live is not None and not live.done.is_set():
                 return live.client
+            await self.credentials.prepare()
+            if self.credentials.problem is not None:
+                await self.block(self.credentials.problem)
+                raise self.credentials.problem.with_traceback(None)
             wait = self._retry_at - time.monotonic()
             if wait > 0 and not (self._unreachable and await self._back()):
                 raise self._last_kind(f"{self._last_error}; next attempt in {math.ceil(wait)} s")
-            try:
-                with anyio.fail_after(self.config.connect_timeout):
-                    await check_upstream_url(self.config.url, self._pool.allow_private)
-                    self._live = await self._open()
-            except JunctionError as exc:
-                await self._failed(exc.message, type(exc))
-                raise
-            except Exception as exc:
-                message = describe_failure(exc)
-                await self._failed(message, unreachable=never_sent(exc))
-                if isinstance(exc, TimeoutError):
-                    raise UpstreamTimeout(
-                        f"connecting to the upstream timed out after {self.config.connect_timeout:g} s"
-                    ) from exc
-                raise UpstreamUnavailable(message) from exc
+            live = await self._connect_once()
             if self._failures:
                 log.warning("upstream %s/%s reconnected", *self.key)
             self._failures = 0
@@ -176,7 +180,49 @@ class UpstreamSession:
             await self._set_state({"state": "connected"})
             self.tools.recovered()
             self._watch()
-            return self._live.client
+            return live.client
+
+    async def _connect_once(self) -> _Live:
+        """Open a session; failures become the status and the error callers see."""
+        try:
+            with anyio.fail_after(self.config.connect_timeout):
+                await check_upstream_url(self.config.url, self._pool.allow_private)
+                self._live = await self._open()
+                return self._live
+        except Exception as exc:
+            problem = self.credentials.problem
+            if problem is not None:  # it refused our credentials: a person must act
+                await self.block(problem)
+                raise problem.with_traceback(None) from exc
+            if self.credentials.failure:  # it refused our credentials, and fixing them failed
+                await self._failed(self.credentials.failure, UpstreamError)
+                raise UpstreamError(self.credentials.failure) from exc
+            if isinstance(exc, JunctionError):
+                await self._failed(exc.message, type(exc))
+                raise
+            message = describe_failure(exc)
+            await self._failed(message, unreachable=never_sent(exc))
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeout(
+                    f"connecting to the upstream timed out after {self.config.connect_timeout:g} s"
+                ) from exc
+            raise UpstreamUnavailable(message) from exc
+
+    async def block(self, problem: JunctionError) -> None:
+        """Nothing works until a person acts (authorizes the gateway again): drop the session and
+        its tools (they leave the namespace's list), and say why in the status."""
+        self._forget(self._live.client if self._live else None)
+        if self.tools.cached() is not None:
+            self.tools.invalidate()
+        status = getattr(problem, "connection_status", None) or {"state": "error", "message": problem.message}
+        await self._set_state(status)
+
+    async def authorized(self) -> None:
+        """New credentials arrived: connect now (no backoff), so the status says how that went."""
+        self._retry_at = 0.0
+        self._failures = 0
+        self._forget(self._live.client if self._live else None)
+        await self.client()
 
     async def _back(self) -> bool:
         """Has an upstream that refused connections come back? Probed at most every 0.2 s, so
@@ -225,7 +271,7 @@ class UpstreamSession:
         try:
             was_reachable = True
             misses = 0
-            while not self._closed:
+            while not self._closed and self.credentials.problem is None:
                 await anyio.sleep(PROBE_INTERVAL_CONNECTED if self.connected else PROBE_INTERVAL)
                 if time.monotonic() - self.last_used > self._pool.idle_timeout:
                     return
@@ -419,7 +465,14 @@ class UpstreamSession:
         (session forgotten after a restart, or connection refused)."""
         self._inflight += 1
         try:
-            return await self._attempts(op, limit, what, timed_by_op)
+            try:
+                return await self._attempts(op, limit, what, timed_by_op)
+            except (MCPError, UpstreamError) as exc:
+                problem = self.credentials.problem
+                if problem is None or exc is problem:
+                    raise
+                await self.block(problem)  # the upstream refused our credentials mid-session
+                raise problem.with_traceback(None) from None
         except MCPError as exc:
             # An upstream may quote the credentials it was sent: they never go further.
             if not self.redactor:

@@ -1,0 +1,82 @@
+"""One connection's credentials: its stored headers plus, for OAuth upstreams, a bearer token.
+
+The token lives here, outside the connection's configuration, so a refresh changes the headers
+the session sends (its `version` goes up) without replacing the upstream session. Every decision
+that needs I/O (loading, refreshing, discovering) is `UpstreamAuth`'s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from proxy.errors import JunctionError
+from proxy.upstream.credentials import Challenge
+
+if TYPE_CHECKING:
+    from proxy.upstream_auth.service import UpstreamAuth
+
+Key = tuple[str, str]
+
+
+class ConnectionCredentials:
+    """The `Credentials` of one connection (see `proxy.upstream.credentials`)."""
+
+    def __init__(self, auth: UpstreamAuth, key: Key, headers: Mapping[str, str]):
+        self._auth = auth
+        self.key = key
+        self._static = dict(headers)
+        self._headers: dict[str, str] = dict(headers)
+        self.version = 0
+        self.problem: JunctionError | None = None
+        self.failure: str | None = None  # why authorizing failed last time (not sticky)
+        self.loaded = False
+        self.stored_version: int | None = None  # the token row's version these headers are from
+        self.token: str | None = None
+        self.expires_at: float | None = None
+        self.refresh_at: float | None = None
+        self.oauth_client: dict[str, Any] | None = None  # a catalog server's configured OAuth app
+        self.url = ""  # the upstream's MCP URL (where discovery starts)
+
+    def headers(self) -> Mapping[str, str]:
+        return self._headers
+
+    def set_static(self, headers: Mapping[str, str]) -> None:
+        """The connection's own headers changed (a PUT): send them, and try again."""
+        if dict(headers) != self._static:
+            self._static = dict(headers)
+            self.problem = None
+            self._rebuild()
+
+    def adopt(self, stored_version: int | None, tokens: Mapping[str, Any] | None) -> None:
+        """Use the tokens of the stored row's `stored_version` (None: there are none)."""
+        self.loaded = True
+        self.stored_version = stored_version
+        self.token = tokens.get("access_token") if tokens else None
+        self.expires_at = tokens.get("expires_at") if tokens else None
+        self.refresh_at = tokens.get("refresh_at") if tokens else None
+        if self.token:
+            self.problem = None
+            self.failure = None
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        headers = dict(self._static)
+        if self.token:
+            for name in [k for k in headers if k.lower() == "authorization"]:
+                del headers[name]
+            headers["Authorization"] = f"Bearer {self.token}"
+        self._headers = headers
+        self.version += 1
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= time.time() + 5
+
+    async def prepare(self) -> None:
+        self.failure = None
+        await self._auth.prepare(self)
+
+    async def rejected(self, version: int, challenge: Challenge) -> bool:
+        return await self._auth.rejected(self, version, challenge)

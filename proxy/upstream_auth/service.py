@@ -1,0 +1,522 @@
+"""The gateway as the OAuth client of its upstreams: discovery, authorization, refresh, revocation.
+
+- An upstream's 401 starts discovery (`oauth_client.discover`) and registration: an OAuth app from
+  the configuration, else our client metadata document (when the server supports CIMD), else
+  dynamic registration, stored per issuer. The connection is then `auth_required`, with a
+  `setupUrl` that leads its user to the server's consent page and back to `/oauth/callback`.
+- Tokens are sealed by the vault in `upstream_auth`, refreshed at 70-80 % of their lifetime (the
+  jitter spreads a fleet of connections) by whichever instance takes the row's lease first, and
+  on a 401. Refresh tokens rotate, so a refresh runs under a lease that names the token version:
+  of two instances, one refreshes and the other adopts its result.
+- A refused refresh (the user revoked the app) makes the connection `auth_required` again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import httpx2
+from anyio.abc import TaskGroup
+
+from proxy.errors import AuthRequired, JunctionError, UpstreamRefused
+from proxy.oauth_server.flow import s256
+from proxy.settings import Settings
+from proxy.store import Store
+from proxy.store._upstream import UpstreamAuthRecord, UpstreamStateRecord
+from proxy.upstream._clients import tls_context
+from proxy.upstream._pinned import pinned_transport
+from proxy.upstream.credentials import Challenge
+from proxy.upstream_auth import oauth_client as oauth
+from proxy.upstream_auth.credentials import ConnectionCredentials, Key
+from proxy.upstream_auth.oauth_client import ClientRegistration, InvalidGrant, OAuthProblem, ServerAuth
+from proxy.vault import Vault, VaultError
+
+log = logging.getLogger("junction.upstream_auth")
+
+CALLBACK_PATH = "/oauth/callback"
+CLIENT_METADATA_PATH = "/oauth/client-metadata.json"
+STATE_TTL = timedelta(minutes=10)
+LEASE_SECONDS = 30.0
+_TOKENS = "oauth-tokens"
+_STATE = "oauth-state"
+_LINK = "setup-link"
+_CLIENT = "oauth-client"
+
+Blocked = Callable[[Key, JunctionError], Awaitable[None]]
+
+
+class SetupFailed(Exception):
+    """A setup link or an authorization callback cannot be honoured; the message is for the user."""
+
+
+class UpstreamAuth:
+    """Credentials of every connection of this instance, and the flows that obtain them."""
+
+    def __init__(self, settings: Settings, store: Store, vault: Vault):
+        self._settings = settings
+        self._store = store.upstream
+        self._vault = vault
+        self._public = settings.effective_public_url
+        self._allow_http = settings.allow_private_upstreams
+        self.http = httpx2.AsyncClient(
+            transport=pinned_transport(settings.allow_private_upstreams, verify=tls_context()),
+            timeout=httpx2.Timeout(10.0),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        self._creds: dict[Key, ConnectionCredentials] = {}
+        self._locks: dict[Key, anyio.Lock] = {}
+        self._owner = secrets.token_hex(8)  # names this instance's refresh leases
+        self._wake = anyio.Event()
+        self._refreshing: set[Key] = set()
+        self.on_blocked: Blocked | None = None  # the directory reports it in the connection's status
+
+    @property
+    def redirect_uri(self) -> str:
+        return self._public + CALLBACK_PATH
+
+    @property
+    def client_metadata_url(self) -> str:
+        return self._public + CLIENT_METADATA_PATH
+
+    def client_metadata(self) -> dict[str, Any]:
+        """Our client ID metadata document (served at `client_metadata_url`)."""
+        return {
+            "client_id": self.client_metadata_url,
+            "client_name": "mcp-junction",
+            "client_uri": self._public,
+            "redirect_uris": [self.redirect_uri],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+            "application_type": "web",
+        }
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    # credentials, as the pool asks for them
+    def credentials(
+        self, key: Key, url: str, headers: Mapping[str, str], oauth_client: dict[str, Any] | None = None
+    ) -> ConnectionCredentials:
+        """The credentials of a connection (one object per connection, kept across sessions)."""
+        creds = self._creds.get(key)
+        if creds is None:
+            creds = self._creds[key] = ConnectionCredentials(self, key, headers)
+        else:
+            creds.set_static(headers)
+        creds.url = url
+        creds.oauth_client = oauth_client
+        return creds
+
+    def _lock(self, key: Key) -> anyio.Lock:
+        return self._locks.setdefault(key, anyio.Lock())
+
+    async def prepare(self, creds: ConnectionCredentials) -> None:
+        """Before a connection connects: its stored tokens, refreshed when they expired."""
+        if not creds.loaded:
+            async with self._lock(creds.key):
+                if not creds.loaded:
+                    await self._load(creds, await self._store.auth(creds.key))
+        if creds.token and creds.expired:
+            await self.refresh(creds)
+
+    async def _load(self, creds: ConnectionCredentials, record: UpstreamAuthRecord | None) -> None:
+        if record is None:
+            creds.adopt(None, None)
+            return
+        tokens = self._open_tokens(record)
+        creds.adopt(record.version, tokens)
+        if tokens is None:  # discovered, never authorized (or authorization was lost)
+            creds.problem = AuthRequired(self.status(creds.key))
+
+    def _open_tokens(self, record: UpstreamAuthRecord) -> dict[str, Any] | None:
+        if not record.tokens_sealed:
+            return None
+        try:
+            opened = self._vault.open(
+                record.tokens_sealed,
+                namespace=record.namespace,
+                connection_id=record.connection_id,
+                field=_TOKENS,
+            )
+        except VaultError:
+            log.warning(
+                "upstream tokens of %s/%s cannot be decrypted", record.namespace, record.connection_id
+            )
+            return None
+        tokens: dict[str, Any] = json.loads(opened["json"])
+        return tokens
+
+    def _seal_tokens(self, key: Key, tokens: dict[str, Any]) -> str:
+        return self._vault.seal(
+            {"json": json.dumps(tokens)}, namespace=key[0], connection_id=key[1], field=_TOKENS
+        )
+
+    # the status and its setup link
+    def setup_url(self, key: Key) -> str:
+        """A link for the connection's user: to the upstream's consent page, or to the form for
+        missing configuration. It carries a sealed expiry, so only the gateway can make one."""
+        expires = int(time.time() + self._settings.setup_link_ttl)
+        token = self._vault.seal({"exp": str(expires)}, namespace=key[0], connection_id=key[1], field=_LINK)
+        return f"{self._public}/setup/{quote(key[0])}/{quote(key[1])}?t={quote(token)}"
+
+    def check_setup_link(self, key: Key, token: str) -> None:
+        try:
+            data = self._vault.open(token, namespace=key[0], connection_id=key[1], field=_LINK)
+            valid = float(data["exp"]) > time.time()
+        except (VaultError, KeyError, ValueError):
+            valid = False
+        if not valid:
+            raise SetupFailed(
+                "This setup link is not valid or has expired. Ask the application for a new one "
+                "(it is in the connection's status)."
+            )
+
+    def status(self, key: Key) -> dict[str, Any]:
+        url = self.setup_url(key)
+        return {"state": "auth_required", "setupUrl": url, "authorizationUrl": url}
+
+    # a refusal from the upstream
+    async def rejected(self, creds: ConnectionCredentials, version: int, challenge: Challenge) -> bool:
+        async with self._lock(creds.key):
+            if creds.version != version:
+                return True  # the headers changed since that request was sent: try the new ones
+            if challenge.status == 401 and creds.token:
+                outcome = await self._refresh_locked(creds, forced=True)
+                if outcome is not None:
+                    return outcome
+            await self._require(creds, challenge)
+            return False
+
+    async def _require(self, creds: ConnectionCredentials, challenge: Challenge | None) -> None:
+        """Discover how to authorize, register, and make the connection `auth_required`."""
+        record = await self._store.auth(creds.key)
+        previous = (
+            ServerAuth.from_json(record.discovered) if record is not None and record.discovered else None
+        )
+        url = creds.url
+        try:
+            if challenge is None and previous is not None:
+                server = previous
+            else:
+                server = await oauth.discover(
+                    self.http,
+                    url,
+                    challenge or Challenge(401),
+                    allow_http=self._allow_http,
+                    previous=previous if challenge is not None and challenge.insufficient_scope else None,
+                )
+            await self.client_for(server, creds.oauth_client)
+        except (OAuthProblem, UpstreamRefused) as exc:
+            creds.failure = f"the upstream refused the gateway's credentials and authorizing failed: {exc}"
+            log.warning("upstream %s/%s: %s", *creds.key, creds.failure)
+            return
+        except (httpx2.HTTPError, OSError) as exc:
+            creds.failure = (
+                "the upstream refused the gateway's credentials and its authorization server could "
+                f"not be reached ({type(exc).__name__})"
+            )
+            return
+        version = await self._store.discovered(creds.key, server.to_json(), datetime.now(UTC))
+        creds.adopt(version, None)
+        creds.problem = AuthRequired(self.status(creds.key))
+
+    # registration
+    async def client_for(
+        self, server: ServerAuth, configured: dict[str, Any] | None = None
+    ) -> ClientRegistration:
+        """Who we are at `server`: a configured app, our metadata document, or a registration."""
+        for entry in ([configured] if configured else []) + [
+            c for c in self._settings.upstream_oauth_clients if c.get("issuer") == server.issuer
+        ]:
+            secret = entry.get("client_secret")
+            return ClientRegistration(
+                client_id=str(entry["client_id"]),
+                client_secret=secret,
+                auth_method=entry.get("auth_method") or ("client_secret_basic" if secret else "none"),
+                source="configured",
+            )
+        sealed = await self._store.client(server.issuer, self.redirect_uri)
+        if sealed is not None:
+            try:
+                data = self._vault.open(
+                    sealed, namespace="", connection_id=_issuer_id(server.issuer), field=_CLIENT
+                )
+                return ClientRegistration.from_json(data)
+            except VaultError:
+                pass  # sealed under another master key: register again
+        if server.cimd_supported and self._cimd_usable():
+            return ClientRegistration(client_id=self.client_metadata_url, source="metadata_document")
+        client = await oauth.register(self.http, server, self.redirect_uri, "mcp-junction", self._public)
+        sealed = self._vault.seal(
+            client.to_json(), namespace="", connection_id=_issuer_id(server.issuer), field=_CLIENT
+        )
+        stored = await self._store.add_client(server.issuer, self.redirect_uri, sealed, datetime.now(UTC))
+        if stored != sealed:  # another instance registered first: use that one
+            data = self._vault.open(
+                stored, namespace="", connection_id=_issuer_id(server.issuer), field=_CLIENT
+            )
+            return ClientRegistration.from_json(data)
+        return client
+
+    def _cimd_usable(self) -> bool:
+        """A client metadata document must be served over https (http only in development)."""
+        return self._public.startswith("https://") or self._allow_http
+
+    # the authorization flow
+    async def start(self, key: Key) -> str:
+        """The upstream's authorization URL for this connection's user (PKCE S256, state, resource)."""
+        record = await self._store.auth(key)
+        if record is None or not record.discovered:
+            raise SetupFailed("This connection does not need authorization now.")
+        server = ServerAuth.from_json(record.discovered)
+        creds = self._creds.get(key)
+        try:
+            client = await self.client_for(server, creds.oauth_client if creds else None)
+        except (OAuthProblem, UpstreamRefused, httpx2.HTTPError, OSError) as exc:
+            raise SetupFailed(
+                f"The gateway could not register with the upstream's authorization server: {exc}"
+            ) from exc
+        verifier = secrets.token_urlsafe(48)
+        state = secrets.token_urlsafe(32)
+        sealed = self._vault.seal(
+            {"verifier": verifier, "issuer": server.issuer, "client_id": client.client_id},
+            namespace=key[0],
+            connection_id=key[1],
+            field=_STATE,
+        )
+        expires = datetime.now(UTC) + STATE_TTL
+        await self._store.add_state(_hash(state), UpstreamStateRecord(key[0], key[1], sealed, expires))
+        return oauth.authorization_url(
+            server, client, redirect_uri=self.redirect_uri, state=state, code_challenge=s256(verifier)
+        )
+
+    async def finish(self, params: Mapping[str, str]) -> Key:
+        """The callback: check `state` (single use, unexpired) and `iss`, exchange the code, store
+        the tokens. The connection's key; `SetupFailed` says what went wrong."""
+        state = params.get("state")
+        if not state:
+            raise SetupFailed("The authorization server sent no state; start again from the setup link.")
+        taken = await self._store.take_state(_hash(state), datetime.now(UTC))
+        if taken is None:
+            raise SetupFailed(
+                "This authorization was already completed or has expired; start again from the setup link."
+            )
+        key = (taken.namespace, taken.connection_id)
+        data = self._vault.open(taken.sealed, namespace=key[0], connection_id=key[1], field=_STATE)
+        record = await self._store.auth(key)
+        if record is None or not record.discovered:
+            raise SetupFailed("This connection no longer exists or no longer needs authorization.")
+        server = ServerAuth.from_json(record.discovered)
+        if server.issuer != data["issuer"]:
+            raise SetupFailed("The connection's authorization server changed meanwhile; start again.")
+        iss = params.get("iss")
+        if (iss is not None and iss != server.issuer) or (iss is None and server.iss_supported):
+            # RFC 9207: a response that may come from another server is not shown or used.
+            raise SetupFailed("The authorization response did not come from the expected server (iss).")
+        if params.get("error"):
+            code = "".join(c for c in params["error"] if c.isalnum() or c == "_")[:64]
+            raise SetupFailed(f"The authorization server did not authorize the gateway ({code}).")
+        code = params.get("code")
+        if not code:
+            raise SetupFailed("The authorization server sent no code; start again from the setup link.")
+        creds = self._creds.get(key)
+        client = await self.client_for(server, creds.oauth_client if creds else None)
+        if client.client_id != data["client_id"]:
+            raise SetupFailed("The gateway's registration changed meanwhile; start again.")
+        try:
+            answer = await oauth.exchange_code(
+                self.http,
+                server,
+                client,
+                code=code,
+                verifier=data["verifier"],
+                redirect_uri=self.redirect_uri,
+            )
+        except (OAuthProblem, httpx2.HTTPError, OSError) as exc:
+            raise SetupFailed(f"Exchanging the authorization code failed: {exc}") from exc
+        tokens = self._tokens_from(answer, None)
+        for _ in range(3):  # another writer may move the row on; ours is the newest authorization
+            current = await self._store.auth(key)
+            if current is None:
+                raise SetupFailed("This connection was deleted meanwhile.")
+            if await self._save(key, current.version, None, tokens):
+                break
+        await self._adopt_stored(key)
+        log.info("upstream %s/%s authorized by its user", *key)
+        return key
+
+    def _tokens_from(self, answer: Mapping[str, Any], previous: Mapping[str, Any] | None) -> dict[str, Any]:
+        now = time.time()
+        tokens: dict[str, Any] = {"access_token": answer["access_token"], "obtained_at": now}
+        refresh_token = answer.get("refresh_token") or (previous or {}).get("refresh_token")
+        if isinstance(refresh_token, str):
+            tokens["refresh_token"] = refresh_token
+        if isinstance(answer.get("scope"), str):
+            tokens["scope"] = answer["scope"]
+        lifetime = answer.get("expires_in")
+        if isinstance(lifetime, int | float) and not isinstance(lifetime, bool) and lifetime > 0:
+            tokens["expires_at"] = now + lifetime
+            if "refresh_token" in tokens:
+                tokens["refresh_at"] = now + lifetime * random.uniform(0.7, 0.8)
+        return tokens
+
+    async def _save(self, key: Key, version: int, owner: str | None, tokens: dict[str, Any] | None) -> bool:
+        saved = await self._store.save_tokens(
+            key,
+            version=version,
+            owner=owner,
+            sealed=self._seal_tokens(key, tokens) if tokens else None,
+            expires_at=tokens.get("expires_at") if tokens else None,
+            refresh_at=tokens.get("refresh_at") if tokens else None,
+            when=datetime.now(UTC),
+        )
+        if saved:
+            self._wake.set()
+        return saved
+
+    async def _adopt_stored(self, key: Key) -> ConnectionCredentials:
+        creds = self._creds.get(key)
+        if creds is None:
+            creds = self._creds[key] = ConnectionCredentials(self, key, {})
+        await self._load(creds, await self._store.auth(key))
+        return creds
+
+    # refreshing
+    async def refresh(self, creds: ConnectionCredentials) -> bool:
+        async with self._lock(creds.key):
+            outcome = await self._refresh_locked(creds, forced=False)
+        return bool(outcome)
+
+    async def _refresh_locked(self, creds: ConnectionCredentials, *, forced: bool) -> bool | None:
+        """Refresh (or adopt another instance's refresh). True: new headers; False: could not
+        now (the failure is kept); None: the grant is gone, a person must authorize again."""
+        key = creds.key
+        record = await self._store.auth(key)
+        if record is None or not record.tokens_sealed:
+            await self._load(creds, record)
+            return None
+        if record.version != creds.stored_version:
+            await self._load(creds, record)  # someone refreshed (or authorized) meanwhile
+            return True
+        tokens = self._open_tokens(record)
+        if not tokens or not tokens.get("refresh_token"):
+            return None
+        if not forced and record.refresh_at is not None and record.refresh_at > time.time():
+            return True
+        now = time.time()
+        if not await self._store.lease(key, record.version, self._owner, now, now + LEASE_SECONDS):
+            return await self._await_other(creds, record.version)
+        server = ServerAuth.from_json(record.discovered)
+        try:
+            client = await self.client_for(server, creds.oauth_client)
+            answer = await oauth.refresh(self.http, server, client, tokens["refresh_token"])
+        except InvalidGrant as exc:
+            log.warning("upstream %s/%s: refreshing its token failed: %s", *key, exc)
+            await self._save(key, record.version, self._owner, None)
+            await self._load(creds, await self._store.auth(key))
+            return None
+        except (OAuthProblem, UpstreamRefused, httpx2.HTTPError, OSError) as exc:
+            creds.failure = f"refreshing the upstream's token failed: {exc or type(exc).__name__}"
+            log.warning("upstream %s/%s: %s", *key, creds.failure)
+            await self._store.release(key, self._owner)
+            await self._store.postpone(key, record.version, time.time() + random.uniform(10, 30))
+            return False
+        fresh = self._tokens_from(answer, tokens)
+        if not await self._save(key, record.version, self._owner, fresh):
+            log.warning("upstream %s/%s: the refresh lease expired before the new token was stored", *key)
+        await self._load(creds, await self._store.auth(key))
+        return creds.token is not None
+
+    async def _await_other(self, creds: ConnectionCredentials, version: int) -> bool | None:
+        """Another refresher holds the lease: wait (bounded) for its result and use it."""
+        with anyio.move_on_after(LEASE_SECONDS + 5):
+            while True:
+                await anyio.sleep(0.1)
+                record = await self._store.auth(creds.key)
+                if record is None or record.version != version:
+                    await self._load(creds, record)
+                    return True if creds.token else None
+                if record.lease_owner is None:  # it gave up (the server was down): try ourselves
+                    return False
+        return False
+
+    async def run_refresher(self, task_group: TaskGroup) -> None:
+        """Refresh every connection's tokens when due, on whichever instance leases them first."""
+        poll = self._settings.upstream_refresh_poll
+        while True:
+            self._wake = anyio.Event()
+            now = time.time()
+            try:
+                for key, _version in await self._store.due(now):
+                    if key not in self._refreshing:
+                        self._refreshing.add(key)
+                        task_group.start_soon(self._refresh_due, key)
+                next_due = await self._store.next_due()
+            except Exception:
+                log.exception("looking for upstream tokens to refresh failed")
+                next_due = None
+            delay = poll if next_due is None else min(poll, max(0.05, next_due - time.time()))
+            with anyio.move_on_after(delay):
+                await self._wake.wait()
+
+    async def _refresh_due(self, key: Key) -> None:
+        try:
+            creds = self._creds.get(key)
+            if creds is None:
+                creds = self._creds[key] = ConnectionCredentials(self, key, {})
+            async with self._lock(key):
+                if not creds.loaded:
+                    await self._load(creds, await self._store.auth(key))
+                outcome = await self._refresh_locked(creds, forced=False)
+            if outcome is None and self.on_blocked is not None:
+                creds.problem = AuthRequired(self.status(key))
+                await self.on_blocked(key, creds.problem)
+        except Exception:
+            log.exception("refreshing the upstream token of %s/%s failed", *key)
+        finally:
+            self._refreshing.discard(key)
+
+    # the end of a connection
+    async def forget(self, key: Key) -> Callable[[], Awaitable[None]]:
+        """The connection is being deleted: drop its tokens now; the returned function revokes
+        them where the server offers it (network I/O, for after the caller's locks)."""
+        creds = self._creds.pop(key, None)
+        configured = creds.oauth_client if creds is not None else None
+        record = await self._store.auth(key)
+        await self._store.forget(key)
+        tokens = self._open_tokens(record) if record is not None else None
+
+        async def revoke() -> None:
+            if record is None or not tokens:
+                return
+            server = ServerAuth.from_json(record.discovered)
+            with anyio.move_on_after(10):
+                try:
+                    client = await self.client_for(server, configured)
+                    for name in ("refresh_token", "access_token"):
+                        if tokens.get(name):
+                            await oauth.revoke(self.http, server, client, tokens[name], name)
+                except Exception as exc:
+                    log.warning("revoking the upstream tokens of %s/%s failed: %s", *key, type(exc).__name__)
+
+        return revoke
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _issuer_id(issuer: str) -> str:
+    return hashlib.sha256(issuer.encode()).hexdigest()[:32]
