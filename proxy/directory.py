@@ -505,6 +505,18 @@ class Directory:
         """What the setup form asks for."""
         return self._fields(record)
 
+    def shown(self, record: ConnectionRecord) -> ConnectionRecord:
+        """The record as callers see it: a status that links to a setup page gets a fresh link (a
+        stored one may have expired while nobody used it)."""
+        status = record.status
+        if "setupUrl" not in status:
+            return record
+        url = self._auth.setup_url((record.namespace, record.connection_id))
+        fresh = {**status, "setupUrl": url}
+        if "authorizationUrl" in status:
+            fresh["authorizationUrl"] = url
+        return replace(record, status=fresh)
+
     def setup_link_ok(self, namespace: str, connection_id: str, token: str) -> None:
         self._auth.check_setup_link((namespace, connection_id), token)
 

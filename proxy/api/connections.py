@@ -66,7 +66,9 @@ async def list_connections(request: Request) -> Response:
         if caller.admin
         else lambda r: allows(caller, "read", "connections", namespace, r.metadata or {}),
     )
-    return json_response({"connections": [connection_json(r) for r in records], "nextCursor": next_cursor})
+    return json_response(
+        {"connections": [connection_json(directory.shown(r)) for r in records], "nextCursor": next_cursor}
+    )
 
 
 async def create_connection(request: Request) -> Response:
@@ -77,7 +79,7 @@ async def create_connection(request: Request) -> Response:
     directory = gateway(request).directory
     await directory.namespace(namespace)
     record = await directory.create_connection(namespace, body.get("connectionId"), data)
-    return json_response(connection_json(record), 201)
+    return json_response(connection_json(directory.shown(record)), 201)
 
 
 async def _visible(request: Request) -> ConnectionRecord:
@@ -96,7 +98,7 @@ async def _visible(request: Request) -> ConnectionRecord:
 
 
 async def get_connection(request: Request) -> Response:
-    return json_response(connection_json(await _visible(request)))
+    return json_response(connection_json(gateway(request).directory.shown(await _visible(request))))
 
 
 async def put_connection(request: Request) -> Response:
@@ -118,7 +120,7 @@ async def put_connection(request: Request) -> Response:
         # What the connection's metadata will be: the new one, or the one it keeps.
         _require_writable(caller, namespace, _resulting_metadata(data, current))
     record, created = await directory.upsert_connection(namespace, connection_id, data)
-    return json_response(connection_json(record), 201 if created else 200)
+    return json_response(connection_json(directory.shown(record)), 201 if created else 200)
 
 
 async def delete_connection(request: Request) -> Response:

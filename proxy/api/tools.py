@@ -113,7 +113,7 @@ async def namespace_tools(request: Request) -> Response:
         envelope: dict[str, Any] = {
             "connectionId": item.record.connection_id,
             "name": item.record.name,
-            "status": connection_json(item.record)["status"],
+            "status": connection_json(gateway(request).directory.shown(item.record))["status"],
         }
         if item.error is not None:
             envelope["error"] = item.error.body()
