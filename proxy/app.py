@@ -351,7 +351,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 max_tool_pages=settings.max_tool_pages,
                 failure_ttl=settings.listing_failure_ttl,
                 credentials_for=lambda key, config: upstream_auth.credentials(
-                    key, config.url, config.headers, config.oauth_client
+                    key,
+                    config.url,
+                    config.headers,
+                    catalog_server=config.catalog_server,
+                    incarnation=config.incarnation,
                 ),
             )
             directory = Directory(store, vault, pool, settings, upstream_auth)

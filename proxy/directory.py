@@ -36,10 +36,7 @@ from proxy.upstream_auth import config as server_config
 from proxy.vault import Vault, VaultError
 
 HEADER_NAME_CHARS = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-FORBIDDEN_HEADERS = {
-    "host", "content-length", "content-type", "accept", "connection", "transfer-encoding",
-    "mcp-session-id", "mcp-protocol-version", "mcp-method", "mcp-name", "upgrade", "te", "trailer",
-}  # fmt: skip
+FORBIDDEN_HEADERS = server_config.MANAGED_HEADERS
 ChangeListener = Callable[[str, str | None], None]
 TIMEOUT_KEYS = {"connect": "connect_timeout", "list": "list_timeout", "call": "call_timeout"}
 UNDECRYPTABLE = (
@@ -151,6 +148,11 @@ def _metadata_matches(metadata: Mapping[str, Any] | None, filters: Mapping[str, 
         if (value if isinstance(value, str) else json.dumps(value)) != wanted:
             return False
     return True
+
+
+def _incarnation(record: ConnectionRecord) -> str:
+    """Tells a connection from an earlier one with the same id (setup links bind to it)."""
+    return record.created_at.isoformat()
 
 
 def _encode_cursor(connection_id: str) -> str:
@@ -466,16 +468,6 @@ class Directory:
         setup = record.setup or {}
         fields = self._fields(record)
         url, headers = server_config.upstream_request(fields, record.mcp_url, headers)
-        catalog = self._settings.server(setup["server"]) if setup.get("server") else None
-        oauth_client = (
-            {
-                "client_id": catalog["oauth_client_id"],
-                "client_secret": catalog.get("oauth_client_secret"),
-                "auth_method": catalog.get("oauth_auth_method"),
-            }
-            if catalog and catalog.get("oauth_client_id")
-            else None
-        )
         return UpstreamConfig(
             url=url,
             headers=headers,
@@ -484,11 +476,12 @@ class Directory:
             call_timeout=timeouts.get("call", s.call_timeout),
             unusable=unusable,
             input_required=server_config.input_required(
-                fields, record.mcp_url, record.header_names, self._auth.setup_url(key)
+                fields, record.mcp_url, record.header_names, self._auth.setup_url(key, _incarnation(record))
             )
             if fields
             else None,
-            oauth_client=oauth_client,
+            catalog_server=setup.get("server"),
+            incarnation=_incarnation(record),
         )
 
     def _fields(self, record: ConnectionRecord) -> tuple[server_config.ConfigField, ...]:
@@ -511,14 +504,15 @@ class Directory:
         status = record.status
         if "setupUrl" not in status:
             return record
-        url = self._auth.setup_url((record.namespace, record.connection_id))
+        url = self._auth.setup_url((record.namespace, record.connection_id), _incarnation(record))
         fresh = {**status, "setupUrl": url}
         if "authorizationUrl" in status:
             fresh["authorizationUrl"] = url
         return replace(record, status=fresh)
 
-    def setup_link_ok(self, namespace: str, connection_id: str, token: str) -> None:
-        self._auth.check_setup_link((namespace, connection_id), token)
+    def setup_link_ok(self, record: ConnectionRecord, token: str) -> None:
+        """Raises `SetupFailed` unless `token` is a live setup link of this very connection."""
+        self._auth.check_setup_link((record.namespace, record.connection_id), _incarnation(record), token)
 
     async def authorized(self, namespace: str, connection_id: str) -> ConnectionRecord:
         """Its user authorized the gateway: connect now, and return the connection as it stands."""

@@ -32,12 +32,26 @@ def _browser() -> httpx2.Client:
     return httpx2.Client(timeout=30.0, follow_redirects=False, trust_env=False)
 
 
-def authorize(setup_url: str, decision: str = "approve") -> tuple[httpx2.Response, str]:
+_ACTION = re.compile(r'<form method="post" action="([^"]+)"')
+
+
+def open_setup(browser: httpx2.Client, setup_url: str) -> httpx2.Response:
+    """Open the setup link and press "Continue": the redirect to the authorization server."""
+    page = browser.get(setup_url)
+    assert page.status_code == 200 and 'id="continue"' in page.text, page.text
+    fields = {name: html.unescape(value) for name, value in _HIDDEN.findall(page.text)}
+    to_as = browser.post(html.unescape(_ACTION.findall(page.text)[0]), data=fields)
+    assert to_as.status_code == 303, to_as.text
+    return to_as
+
+
+def authorize(
+    setup_url: str, decision: str = "approve", browser: httpx2.Client | None = None
+) -> tuple[httpx2.Response, str]:
     """Play the user: open `setup_url`, approve at the authorization server, come back. The
     gateway's final answer, and the callback URL it was reached at."""
-    with _browser() as browser:
-        to_as = browser.get(setup_url)
-        assert to_as.status_code == 302, to_as.text
+    with browser or _browser() as browser:
+        to_as = open_setup(browser, setup_url)
         consent = browser.get(to_as.headers["location"])
         assert consent.status_code == 200, consent.text
         form = {name: html.unescape(value) for name, value in _HIDDEN.findall(consent.text)}
@@ -222,6 +236,30 @@ def test_two_gateways_on_one_database_refresh_once_not_twice(
     assert 3 <= stats["refreshes"] <= 5, stats  # about one per 1.5 s of 7.5 s, not two
 
 
+def test_an_upstream_401_refreshes_once_and_retries_on_both_paths(gateway, start_oauth_upstream) -> None:  # type: ignore[no-untyped-def]
+    """Tokens the server dropped early: the fast lane (tools/call) and the SDK path (tools/list)
+    each get one 401, refresh, and send the request again; the caller sees nothing."""
+    upstream = start_oauth_upstream()  # tokens live an hour: no refresh is due by the clock
+    authorize(_connect(gateway, upstream)["status"]["setupUrl"])
+    with gateway.client() as client:
+        assert client.post("/apps/remote/.tools/echo", json={"text": "a"}).status_code == 200
+        upstream.expire_access_tokens()
+        answer = client.post("/apps/remote/.tools/echo", json={"text": "b"})
+        assert answer.status_code == 200 and answer.json()["content"][0]["text"] == "b", answer.text
+        assert upstream.stats()["refreshes"] == 1
+        upstream.expire_access_tokens()
+        # Anything but tools/call goes through the SDK's client: the server's own answer comes back.
+        # (The server has no prompts: its own "method not found" is the answer that proves it.)
+        prompts = client.post(
+            "/mcp/apps/remote",
+            json={"jsonrpc": "2.0", "id": 7, "method": "prompts/list", "params": {}},
+            headers={"Accept": "application/json, text/event-stream"},
+        )
+        assert prompts.json()["error"]["code"] == -32601, prompts.text
+    stats = upstream.stats()
+    assert stats["refreshes"] == 2 and stats["refresh_failures"] == 0 and stats["token_codes"] == 1
+
+
 def test_a_revoked_grant_turns_the_connection_auth_required_again(
     start_gateway, start_oauth_upstream
 ) -> None:  # type: ignore[no-untyped-def]
@@ -260,7 +298,9 @@ def test_insufficient_scope_asks_the_user_for_the_union_of_scopes(gateway, start
         client.put("/apps/remote", json={"mcpUrl": upstream.url})
         status = _status(client, "apps", "remote")
     with _browser() as browser:
-        scope = parse_qs(urlsplit(browser.get(status["setupUrl"]).headers["location"]).query)["scope"][0]
+        scope = parse_qs(urlsplit(open_setup(browser, status["setupUrl"]).headers["location"]).query)[
+            "scope"
+        ][0]
     assert scope.split() == ["read"]  # what the 401 challenge asked for
     authorize(status["setupUrl"])
     with gateway.client() as client:
@@ -268,7 +308,9 @@ def test_insufficient_scope_asks_the_user_for_the_union_of_scopes(gateway, start
         assert stepped.status_code == 401 and stepped.json()["error"] == "auth_required", stepped.text
         status = _status(client, "apps", "remote")
     with _browser() as browser:
-        scope = parse_qs(urlsplit(browser.get(status["setupUrl"]).headers["location"]).query)["scope"][0]
+        scope = parse_qs(urlsplit(open_setup(browser, status["setupUrl"]).headers["location"]).query)[
+            "scope"
+        ][0]
     assert scope.split() == ["read", "admin"]
     authorize(status["setupUrl"])
     with gateway.client() as client:
@@ -299,6 +341,17 @@ def test_the_callback_refuses_unknown_state_replays_and_the_wrong_issuer(
             gateway.url + "/oauth/callback?code=abc&state=not-a-state&iss=" + upstream.issuer
         )
         assert forged.status_code == 400 and "start again" in forged.text
+    # The way back in another browser than the one that began (a link sent to someone else):
+    with _browser() as mine, _browser() as theirs:
+        to_as = open_setup(mine, status["setupUrl"])
+        consent = mine.get(to_as.headers["location"])
+        form = {name: html.unescape(value) for name, value in _HIDDEN.findall(consent.text)}
+        action = urlsplit(to_as.headers["location"])
+        back = mine.post(
+            f"{action.scheme}://{action.netloc}{action.path}", data={**form, "decision": "approve"}
+        )
+        elsewhere = theirs.get(back.headers["location"])
+    assert elsewhere.status_code == 400 and "another browser" in elsewhere.text
     page, callback = authorize(status["setupUrl"])
     assert 'id="state">connected<' in page.text
     with _browser() as browser:

@@ -40,10 +40,32 @@ def first_line(text: str | None, width: int = 100) -> str:
 
 
 def status_text(connection: dict[str, Any]) -> str:
-    """`connected`, or `error: <message>`."""
+    """`connected`, `error: <message>`, or `input_required: missing header x, query y`."""
     status = connection.get("status") or {}
     state = status.get("state", "unknown")
-    return f"{state}: {status['message']}" if status.get("message") else str(state)
+    if status.get("message"):
+        return f"{state}: {status['message']}"
+    fields = missing_fields(status)
+    return f"{state}: missing {', '.join(fields)}" if fields else str(state)
+
+
+def missing_fields(status: dict[str, Any]) -> list[str]:
+    """What an `input_required` status lacks, as `header <name>` and `query <name>`."""
+    missing = status.get("missing") if status.get("state") == "input_required" else None
+    if not isinstance(missing, dict):
+        return []
+    return [
+        f"{kind} {name}"
+        for kind, key in (("header", "headers"), ("query", "query"))
+        for name in missing.get(key) or []
+    ]
+
+
+def setup_url(connection: dict[str, Any]) -> str | None:
+    """Where a person completes a connection's setup (`setupUrl`, or its old alias)."""
+    status = connection.get("status") or {}
+    url = status.get("setupUrl") or status.get("authorizationUrl")
+    return str(url) if url else None
 
 
 def show_connection(connection: dict[str, Any]) -> None:
@@ -52,6 +74,8 @@ def show_connection(connection: dict[str, Any]) -> None:
     click.echo(f"name:     {connection.get('name', '')}")
     click.echo(f"url:      {connection.get('mcpUrl', '')}")
     click.echo(f"status:   {status_text(connection)}")
+    if setup_url(connection):
+        click.echo(f"setup:    {setup_url(connection)}")
     if info:
         click.echo(f"server:   {info.get('name', '')} {info.get('version', '')}".rstrip())
     if connection.get("metadata"):

@@ -10,7 +10,7 @@ the row and succeeds for exactly one caller.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -49,7 +49,9 @@ class UpstreamAuthStore(Protocol):
     async def client(self, issuer: str, redirect_uri: str) -> str | None: ...
     async def add_client(self, issuer: str, redirect_uri: str, sealed: str, when: datetime) -> str: ...
     async def auth(self, key: Key) -> UpstreamAuthRecord | None: ...
-    async def discovered(self, key: Key, discovered: dict[str, Any], when: datetime) -> int: ...
+    async def discovered(
+        self, key: Key, discovered: dict[str, Any], expected: int | None, when: datetime
+    ) -> int | None: ...
     async def lease(self, key: Key, version: int, owner: str, now: float, until: float) -> bool: ...
     async def release(self, key: Key, owner: str) -> None: ...
     async def save_tokens(
@@ -123,8 +125,12 @@ class SqlUpstreamAuthStore:
             lease_until=row.lease_until,
         )
 
-    async def discovered(self, key: Key, discovered: dict[str, Any], when: datetime) -> int:
-        """Record what discovery found; the tokens are dropped (they no longer serve). The new version."""
+    async def discovered(
+        self, key: Key, discovered: dict[str, Any], expected: int | None, when: datetime
+    ) -> int | None:
+        """Record what discovery found, in place of the row of version `expected` (None: there is
+        no row yet, and the connection exists); the tokens are dropped (they no longer serve). The
+        new version, or None when the row moved on meanwhile or the connection is gone."""
         values = {
             "discovered": discovered,
             "tokens_sealed": None,
@@ -134,22 +140,35 @@ class SqlUpstreamAuthStore:
             "lease_until": None,
             "updated_at": when,
         }
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
-                sa.update(t.upstream_auth)
-                .where(_where(key))
-                .values(version=t.upstream_auth.c.version + 1, **values)
-            )
-            if result.rowcount == 0:
+        c = t.upstream_auth.c
+        if expected is not None:
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    sa.update(t.upstream_auth)
+                    .where(_where(key), c.version == expected)
+                    .values(version=c.version + 1, **values)
+                )
+            return expected + 1 if result.rowcount == 1 else None
+        connection = t.connections.c
+        try:
+            async with self._engine.begin() as conn:
+                exists = (
+                    await conn.execute(
+                        sa.select(connection.connection_id).where(
+                            connection.namespace == key[0], connection.connection_id == key[1]
+                        )
+                    )
+                ).first()
+                if exists is None:
+                    return None  # deleted meanwhile: leave nothing behind for a later one of that id
                 await conn.execute(
                     sa.insert(t.upstream_auth).values(
                         namespace=key[0], connection_id=key[1], version=1, **values
                     )
                 )
-            version = (
-                await conn.execute(sa.select(t.upstream_auth.c.version).where(_where(key)))
-            ).scalar_one()
-        return int(version)
+        except sa.exc.IntegrityError:
+            return None  # another writer was first
+        return 1
 
     async def lease(self, key: Key, version: int, owner: str, now: float, until: float) -> bool:
         """Take the right to refresh tokens of `version` until `until`; False when they changed
@@ -241,7 +260,10 @@ class SqlUpstreamAuthStore:
             await conn.execute(sa.delete(t.upstream_auth).where(_where(key)))
 
     async def add_state(self, state_hash: str, record: UpstreamStateRecord) -> None:
+        c = t.upstream_states.c
         async with self._engine.begin() as conn:
+            # Expired flows are dropped as new ones begin: opening setup links cannot fill the table.
+            await conn.execute(sa.delete(t.upstream_states).where(c.expires_at < datetime.now(UTC)))
             await conn.execute(
                 sa.insert(t.upstream_states).values(
                     state_hash=state_hash,

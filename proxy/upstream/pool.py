@@ -83,8 +83,10 @@ class UpstreamConfig:
     unusable: str = ""
     # The `input_required` status when configuration is missing: not contacted until given it.
     input_required: dict[str, Any] | None = None
-    # A catalog server's own OAuth app (client_id, client_secret), for the credentials hook.
-    oauth_client: dict[str, Any] | None = field(default=None, repr=False)
+    # The catalog entry it was made from (its OAuth app), and what tells it from an earlier
+    # connection with the same id: for the credentials hook.
+    catalog_server: str | None = None
+    incarnation: str = ""
 
 
 @dataclass
@@ -469,7 +471,7 @@ class UpstreamSession:
                 return await self._attempts(op, limit, what, timed_by_op)
             except (MCPError, UpstreamError) as exc:
                 problem = self.credentials.problem
-                if problem is None or exc is problem:
+                if problem is None or isinstance(exc, type(problem)):
                     raise
                 await self.block(problem)  # the upstream refused our credentials mid-session
                 raise problem.with_traceback(None) from None

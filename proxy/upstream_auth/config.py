@@ -14,10 +14,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import anyio
 import httpx2
 
 from proxy.errors import ValidationFailed
 
+# Headers the gateway itself sets on every upstream request: no value may replace them.
+MANAGED_HEADERS = {
+    "host", "content-length", "content-type", "accept", "connection", "transfer-encoding",
+    "mcp-session-id", "mcp-protocol-version", "mcp-method", "mcp-name", "upgrade", "te", "trailer",
+}  # fmt: skip
 Place = Literal["header", "query"]
 MAX_SCHEMA_BYTES = 16 * 1024
 MAX_FIELDS = 50
@@ -53,6 +59,8 @@ def _location(value: Any, default: tuple[Place, str], what: str) -> tuple[Place,
         if place in ("header", "query") and isinstance(key, str) and 0 < len(key) <= 256:
             if place == "header" and not all(c.isalnum() or c in "-_." for c in key):
                 raise ValidationFailed(f"config schema: {what} header {key[:64]!r} is not a header name")
+            if place == "header" and key.lower() in MANAGED_HEADERS:
+                raise ValidationFailed(f"config schema: {what} header {key!r} is set by the gateway itself")
             return place, key
     raise ValidationFailed(f'config schema: {what} must be {{"header": name}} or {{"query": name}}')
 
@@ -153,8 +161,8 @@ def upstream_request(
         else:
             found = [k for k in out_headers if k.lower() == f.key.lower()]
             values = [out_headers.pop(k) for k in found]
-        if not values:
-            continue
+        if not values or any(c < " " or c == "\x7f" for c in values[0]):
+            continue  # nothing given, or a value no header line may carry
         if f.to_place == "query":
             query.append((f.to_key, values[0]))
         else:
@@ -173,18 +181,17 @@ async def fetch_schema(http: httpx2.AsyncClient, mcp_url: str) -> dict[str, Any]
     parts = urlsplit(mcp_url)
     url = f"{parts.scheme}://{parts.netloc}/.well-known/mcp-config"
     try:
-        async with http.stream("GET", url, headers={"Accept": "application/json"}) as response:
-            if response.status_code != 200:
-                return None
-            body = b""
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_SCHEMA_BYTES:
+        with anyio.fail_after(5):
+            async with http.stream("GET", url, headers={"Accept": "application/json"}) as response:
+                if response.status_code != 200:
                     return None
+                body = b""
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_SCHEMA_BYTES:
+                        return None
         schema = json.loads(body)
         parse_schema(schema)
-    except (httpx2.HTTPError, OSError, ValueError, ValidationFailed):
-        return None
-    except Exception:  # the SSRF policy refusing the host, a timeout: no schema either way
+    except Exception:  # unreachable, refused by the SSRF policy, slow, not JSON, not a schema: none
         return None
     return schema if isinstance(schema, dict) else None

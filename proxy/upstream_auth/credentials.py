@@ -11,7 +11,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from proxy.errors import JunctionError
+from proxy.errors import AuthRequired, JunctionError
+from proxy.redact import LOG_REDACTION, Redactor
 from proxy.upstream.credentials import Challenge
 
 if TYPE_CHECKING:
@@ -29,24 +30,32 @@ class ConnectionCredentials:
         self._static = dict(headers)
         self._headers: dict[str, str] = dict(headers)
         self.version = 0
-        self.problem: JunctionError | None = None
+        self.needs_authorization = False  # a person must authorize (again) before anything works
         self.failure: str | None = None  # why authorizing failed last time (not sticky)
         self.loaded = False
         self.stored_version: int | None = None  # the token row's version these headers are from
         self.token: str | None = None
         self.expires_at: float | None = None
         self.refresh_at: float | None = None
-        self.oauth_client: dict[str, Any] | None = None  # a catalog server's configured OAuth app
+        self.catalog_server: str | None = None  # the catalog entry the connection was made from
         self.url = ""  # the upstream's MCP URL (where discovery starts)
+        self.incarnation = ""  # tells this connection from an earlier one with the same id
 
     def headers(self) -> Mapping[str, str]:
         return self._headers
+
+    @property
+    def problem(self) -> JunctionError | None:
+        """`AuthRequired` (a new one each time: raised by many tasks, with a fresh setupUrl)."""
+        if not self.needs_authorization:
+            return None
+        return AuthRequired(self._auth.status(self.key, self.incarnation))
 
     def set_static(self, headers: Mapping[str, str]) -> None:
         """The connection's own headers changed (a PUT): send them, and try again."""
         if dict(headers) != self._static:
             self._static = dict(headers)
-            self.problem = None
+            self.needs_authorization = False
             self._rebuild()
 
     def adopt(self, stored_version: int | None, tokens: Mapping[str, Any] | None) -> None:
@@ -57,8 +66,10 @@ class ConnectionCredentials:
         self.expires_at = tokens.get("expires_at") if tokens else None
         self.refresh_at = tokens.get("refresh_at") if tokens else None
         if self.token:
-            self.problem = None
+            self.needs_authorization = False
             self.failure = None
+            # Log lines never carry the token, whoever writes them (an upstream may echo it).
+            LOG_REDACTION.remember((*self.key, "oauth"), Redactor.for_headers({"authorization": self.token}))
         self._rebuild()
 
     def _rebuild(self) -> None:

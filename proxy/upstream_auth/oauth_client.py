@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -28,6 +29,7 @@ from mcp.client.auth.utils import (
 from proxy.upstream.credentials import Challenge
 
 MAX_DOCUMENT_BYTES = 256 * 1024
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 class OAuthProblem(Exception):
@@ -85,6 +87,7 @@ def check_endpoint(url: str, allow_http: bool) -> str:
     private upstreams are allowed, for development), without credentials or a fragment."""
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
         raise OAuthProblem(f"the upstream's OAuth metadata has an invalid URL {url[:200]!r}") from exc
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.fragment or parts.username:
@@ -194,7 +197,9 @@ async def discover(
         if not isinstance(value, str):
             raise OAuthProblem(f"the upstream's authorization server metadata has no {name}")
         endpoints[name] = check_endpoint(value, allow_http)
-    auth_methods = metadata.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
+    auth_methods = metadata.get("token_endpoint_auth_methods_supported")
+    if not isinstance(auth_methods, list) or not auth_methods:
+        auth_methods = ["client_secret_basic"]
     return ServerAuth(
         resource=resource,
         issuer=served,
@@ -310,13 +315,18 @@ async def _token_request(
     except ValueError:
         answer = None
     if status == 200 and isinstance(answer, dict) and isinstance(answer.get("access_token"), str):
+        if not _B64TOKEN.fullmatch(answer["access_token"]):
+            # It goes into a header line as it is: RFC 6750's characters only.
+            raise OAuthProblem(
+                "the authorization server issued an access token that is not a valid bearer token"
+            )
         token_type = str(answer.get("token_type", "Bearer"))
         if token_type.lower() != "bearer":
             raise OAuthProblem(f"the authorization server issued a {token_type[:40]!r} token, not Bearer")
         return answer
     error = answer.get("error") if isinstance(answer, dict) else None
-    if error in ("invalid_grant", "invalid_client", "unauthorized_client"):
-        raise InvalidGrant(f"the authorization server refused the grant ({error})")
+    if error == "invalid_grant":
+        raise InvalidGrant("the authorization server refused the grant (invalid_grant)")
     raise OAuthProblem(
         f"the authorization server's token endpoint answered HTTP {status}"
         + (f" ({str(error)[:80]})" if isinstance(error, str) else "")
@@ -357,5 +367,6 @@ async def revoke(
         return False
     form = {"token": token, "token_type_hint": hint}
     headers = _client_auth(client, form)
-    response = await http.post(auth.revocation_endpoint, data=form, headers=headers)
-    return response.status_code == 200
+    async with http.stream("POST", auth.revocation_endpoint, data=form, headers=headers) as response:
+        await _read_limited(response)
+        return response.status_code == 200

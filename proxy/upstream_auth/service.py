@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import random
@@ -21,6 +22,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import quote
 
@@ -28,7 +30,7 @@ import anyio
 import httpx2
 from anyio.abc import TaskGroup
 
-from proxy.errors import AuthRequired, JunctionError, UpstreamRefused
+from proxy.errors import JunctionError, UpstreamRefused
 from proxy.oauth_server.flow import s256
 from proxy.settings import Settings
 from proxy.store import Store
@@ -46,7 +48,12 @@ log = logging.getLogger("junction.upstream_auth")
 CALLBACK_PATH = "/oauth/callback"
 CLIENT_METADATA_PATH = "/oauth/client-metadata.json"
 STATE_TTL = timedelta(minutes=10)
-LEASE_SECONDS = 30.0
+# A refresh (registration included) must end well within its lease: another instance takes an
+# expired lease, and two refreshes of one rotating refresh token burn the grant.
+REFRESH_DEADLINE = 20.0
+LEASE_SECONDS = 60.0
+DISCOVERY_DEADLINE = 30.0
+BROWSER_COOKIE = "junction_authorize"  # binds an authorization in progress to the browser that began it
 _TOKENS = "oauth-tokens"
 _STATE = "oauth-state"
 _LINK = "setup-link"
@@ -73,6 +80,8 @@ class UpstreamAuth:
             timeout=httpx2.Timeout(10.0),
             follow_redirects=False,
             trust_env=False,
+            # No cookie from one server (or user's flow) may ride along to another.
+            cookies=httpx2.Cookies(CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))),
         )
         self._creds: dict[Key, ConnectionCredentials] = {}
         self._locks: dict[Key, anyio.Lock] = {}
@@ -107,16 +116,25 @@ class UpstreamAuth:
 
     # credentials, as the pool asks for them
     def credentials(
-        self, key: Key, url: str, headers: Mapping[str, str], oauth_client: dict[str, Any] | None = None
+        self,
+        key: Key,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        catalog_server: str | None = None,
+        incarnation: str = "",
     ) -> ConnectionCredentials:
         """The credentials of a connection (one object per connection, kept across sessions)."""
         creds = self._creds.get(key)
+        if creds is not None and creds.incarnation and creds.incarnation != incarnation:
+            creds = None  # a new connection under an old id: nothing of the old one carries over
         if creds is None:
             creds = self._creds[key] = ConnectionCredentials(self, key, headers)
         else:
             creds.set_static(headers)
         creds.url = url
-        creds.oauth_client = oauth_client
+        creds.catalog_server = catalog_server
+        creds.incarnation = incarnation
         return creds
 
     def _lock(self, key: Key) -> anyio.Lock:
@@ -124,10 +142,12 @@ class UpstreamAuth:
 
     async def prepare(self, creds: ConnectionCredentials) -> None:
         """Before a connection connects: its stored tokens, refreshed when they expired."""
-        if not creds.loaded:
+        if not creds.loaded or creds.needs_authorization:
+            # Waiting for its user: the authorization may have finished on another instance.
             async with self._lock(creds.key):
-                if not creds.loaded:
-                    await self._load(creds, await self._store.auth(creds.key))
+                record = await self._store.auth(creds.key)
+                if not creds.loaded or record is None or record.version != creds.stored_version:
+                    await self._load(creds, record)
         if creds.token and creds.expired:
             await self.refresh(creds)
 
@@ -138,7 +158,7 @@ class UpstreamAuth:
         tokens = self._open_tokens(record)
         creds.adopt(record.version, tokens)
         if tokens is None:  # discovered, never authorized (or authorization was lost)
-            creds.problem = AuthRequired(self.status(creds.key))
+            creds.needs_authorization = True
 
     def _open_tokens(self, record: UpstreamAuthRecord) -> dict[str, Any] | None:
         if not record.tokens_sealed:
@@ -164,16 +184,21 @@ class UpstreamAuth:
         )
 
     # the status and its setup link
-    def setup_url(self, key: Key) -> str:
+    def setup_url(self, key: Key, incarnation: str) -> str:
         """A link for the connection's user: to the upstream's consent page, or to the form for
-        missing configuration. It carries a sealed expiry, so only the gateway can make one."""
+        missing configuration. It carries a sealed expiry and is bound to this connection (not a
+        later one with the same id), so only the gateway can make one."""
         expires = int(time.time() + self._settings.setup_link_ttl)
-        token = self._vault.seal({"exp": str(expires)}, namespace=key[0], connection_id=key[1], field=_LINK)
+        token = self._vault.seal(
+            {"exp": str(expires)}, namespace=key[0], connection_id=key[1], field=f"{_LINK}:{incarnation}"
+        )
         return f"{self._public}/setup/{quote(key[0])}/{quote(key[1])}?t={quote(token)}"
 
-    def check_setup_link(self, key: Key, token: str) -> None:
+    def check_setup_link(self, key: Key, incarnation: str, token: str) -> None:
         try:
-            data = self._vault.open(token, namespace=key[0], connection_id=key[1], field=_LINK)
+            data = self._vault.open(
+                token, namespace=key[0], connection_id=key[1], field=f"{_LINK}:{incarnation}"
+            )
             valid = float(data["exp"]) > time.time()
         except (VaultError, KeyError, ValueError):
             valid = False
@@ -183,8 +208,8 @@ class UpstreamAuth:
                 "(it is in the connection's status)."
             )
 
-    def status(self, key: Key) -> dict[str, Any]:
-        url = self.setup_url(key)
+    def status(self, key: Key, incarnation: str) -> dict[str, Any]:
+        url = self.setup_url(key, incarnation)
         return {"state": "auth_required", "setupUrl": url, "authorizationUrl": url}
 
     # a refusal from the upstream
@@ -192,14 +217,22 @@ class UpstreamAuth:
         async with self._lock(creds.key):
             if creds.version != version:
                 return True  # the headers changed since that request was sent: try the new ones
+            record = await self._store.auth(creds.key)
+            if record is not None and record.version != creds.stored_version:
+                await self._load(creds, record)  # authorized or refreshed elsewhere meanwhile
+                if creds.token:
+                    return True
             if challenge.status == 401 and creds.token:
                 outcome = await self._refresh_locked(creds, forced=True)
                 if outcome is not None:
                     return outcome
-            await self._require(creds, challenge)
+            with anyio.move_on_after(DISCOVERY_DEADLINE) as scope:
+                await self._require(creds, challenge)
+            if scope.cancelled_caught:
+                creds.failure = "discovering the upstream's authorization server timed out"
             return False
 
-    async def _require(self, creds: ConnectionCredentials, challenge: Challenge | None) -> None:
+    async def _require(self, creds: ConnectionCredentials, challenge: Challenge) -> None:
         """Discover how to authorize, register, and make the connection `auth_required`."""
         record = await self._store.auth(creds.key)
         previous = (
@@ -207,17 +240,18 @@ class UpstreamAuth:
         )
         url = creds.url
         try:
-            if challenge is None and previous is not None:
-                server = previous
-            else:
-                server = await oauth.discover(
-                    self.http,
-                    url,
-                    challenge or Challenge(401),
-                    allow_http=self._allow_http,
-                    previous=previous if challenge is not None and challenge.insufficient_scope else None,
+            if not url.startswith("https://") and not self._allow_http:
+                raise OAuthProblem(
+                    "the upstream is not https: the gateway sends no OAuth token over plain http"
                 )
-            await self.client_for(server, creds.oauth_client)
+            server = await oauth.discover(
+                self.http,
+                url,
+                challenge,
+                allow_http=self._allow_http,
+                previous=previous if challenge.insufficient_scope else None,
+            )
+            await self.client_for(server, creds.catalog_server)
         except (OAuthProblem, UpstreamRefused) as exc:
             creds.failure = f"the upstream refused the gateway's credentials and authorizing failed: {exc}"
             log.warning("upstream %s/%s: %s", *creds.key, creds.failure)
@@ -228,23 +262,37 @@ class UpstreamAuth:
                 f"not be reached ({type(exc).__name__})"
             )
             return
-        version = await self._store.discovered(creds.key, server.to_json(), datetime.now(UTC))
+        discovered = {**server.to_json(), "catalog": creds.catalog_server}
+        expected = record.version if record is not None else None
+        version = await self._store.discovered(creds.key, discovered, expected, datetime.now(UTC))
+        if version is None:  # someone else changed the row (authorized?) or the connection is gone
+            await self._load(creds, await self._store.auth(creds.key))
+            return
         creds.adopt(version, None)
-        creds.problem = AuthRequired(self.status(creds.key))
+        creds.needs_authorization = True
 
     # registration
-    async def client_for(
-        self, server: ServerAuth, configured: dict[str, Any] | None = None
-    ) -> ClientRegistration:
-        """Who we are at `server`: a configured app, our metadata document, or a registration."""
-        for entry in ([configured] if configured else []) + [
-            c for c in self._settings.upstream_oauth_clients if c.get("issuer") == server.issuer
-        ]:
-            secret = entry.get("client_secret")
+    async def client_for(self, server: ServerAuth, catalog_server: str | None = None) -> ClientRegistration:
+        """Who we are at `server`: a configured app (the catalog server's, else one for this issuer),
+        our metadata document, or a registration of our own."""
+        entry = self._settings.server(catalog_server) if catalog_server else None
+        configured = (
+            {
+                "client_id": entry["oauth_client_id"],
+                "client_secret": entry.get("oauth_client_secret"),
+                "auth_method": entry.get("oauth_auth_method"),
+            }
+            if entry and entry.get("oauth_client_id")
+            else next(
+                (c for c in self._settings.upstream_oauth_clients if c.get("issuer") == server.issuer), None
+            )
+        )
+        if configured is not None:
+            secret = configured.get("client_secret")
             return ClientRegistration(
-                client_id=str(entry["client_id"]),
+                client_id=str(configured["client_id"]),
                 client_secret=secret,
-                auth_method=entry.get("auth_method") or ("client_secret_basic" if secret else "none"),
+                auth_method=configured.get("auth_method") or _secret_method(secret, server),
                 source="configured",
             )
         sealed = await self._store.client(server.issuer, self.redirect_uri)
@@ -275,23 +323,37 @@ class UpstreamAuth:
         return self._public.startswith("https://") or self._allow_http
 
     # the authorization flow
-    async def start(self, key: Key) -> str:
-        """The upstream's authorization URL for this connection's user (PKCE S256, state, resource)."""
+    async def pending(self, key: Key) -> ServerAuth:
+        """What the connection's user is about to authorize (shown before they are sent there)."""
         record = await self._store.auth(key)
-        if record is None or not record.discovered:
+        if record is None or not record.discovered or record.tokens_sealed:
+            raise SetupFailed("This connection does not need authorization now.")
+        return ServerAuth.from_json(record.discovered)
+
+    async def start(self, key: Key, browser: str) -> str:
+        """The upstream's authorization URL for this connection's user (PKCE S256, state,
+        resource, scope). `browser` is a secret of the user's browser (a cookie): only that
+        browser can finish this authorization."""
+        record = await self._store.auth(key)
+        if record is None or not record.discovered or record.tokens_sealed:
             raise SetupFailed("This connection does not need authorization now.")
         server = ServerAuth.from_json(record.discovered)
-        creds = self._creds.get(key)
         try:
-            client = await self.client_for(server, creds.oauth_client if creds else None)
-        except (OAuthProblem, UpstreamRefused, httpx2.HTTPError, OSError) as exc:
+            client = await self.client_for(server, record.discovered.get("catalog"))
+        except Exception as exc:
+            log.warning("upstream %s/%s: registering failed: %s", *key, type(exc).__name__)
             raise SetupFailed(
-                f"The gateway could not register with the upstream's authorization server: {exc}"
+                f"The gateway could not register with the upstream's authorization server ({_reason(exc)})."
             ) from exc
         verifier = secrets.token_urlsafe(48)
         state = secrets.token_urlsafe(32)
         sealed = self._vault.seal(
-            {"verifier": verifier, "issuer": server.issuer, "client_id": client.client_id},
+            {
+                "verifier": verifier,
+                "issuer": server.issuer,
+                "client_id": client.client_id,
+                "browser": _hash(browser),
+            },
             namespace=key[0],
             connection_id=key[1],
             field=_STATE,
@@ -302,9 +364,9 @@ class UpstreamAuth:
             server, client, redirect_uri=self.redirect_uri, state=state, code_challenge=s256(verifier)
         )
 
-    async def finish(self, params: Mapping[str, str]) -> Key:
-        """The callback: check `state` (single use, unexpired) and `iss`, exchange the code, store
-        the tokens. The connection's key; `SetupFailed` says what went wrong."""
+    async def finish(self, params: Mapping[str, str], browser: str | None) -> Key:
+        """The callback: check `state` (single use, unexpired, begun in this browser) and `iss`,
+        exchange the code, store the tokens. The connection's key; `SetupFailed` says what failed."""
         state = params.get("state")
         if not state:
             raise SetupFailed("The authorization server sent no state; start again from the setup link.")
@@ -314,7 +376,14 @@ class UpstreamAuth:
                 "This authorization was already completed or has expired; start again from the setup link."
             )
         key = (taken.namespace, taken.connection_id)
-        data = self._vault.open(taken.sealed, namespace=key[0], connection_id=key[1], field=_STATE)
+        try:
+            data = self._vault.open(taken.sealed, namespace=key[0], connection_id=key[1], field=_STATE)
+        except VaultError as exc:
+            raise SetupFailed("This authorization cannot be read any more; start again.") from exc
+        if not browser or not hmac.compare_digest(_hash(browser), data.get("browser", "")):
+            raise SetupFailed(
+                "This authorization was started in another browser; open the setup link in this one."
+            )
         record = await self._store.auth(key)
         if record is None or not record.discovered:
             raise SetupFailed("This connection no longer exists or no longer needs authorization.")
@@ -331,29 +400,33 @@ class UpstreamAuth:
         code = params.get("code")
         if not code:
             raise SetupFailed("The authorization server sent no code; start again from the setup link.")
-        creds = self._creds.get(key)
-        client = await self.client_for(server, creds.oauth_client if creds else None)
-        if client.client_id != data["client_id"]:
-            raise SetupFailed("The gateway's registration changed meanwhile; start again.")
         try:
-            answer = await oauth.exchange_code(
-                self.http,
-                server,
-                client,
-                code=code,
-                verifier=data["verifier"],
-                redirect_uri=self.redirect_uri,
-            )
-        except (OAuthProblem, httpx2.HTTPError, OSError) as exc:
-            raise SetupFailed(f"Exchanging the authorization code failed: {exc}") from exc
+            client = await self.client_for(server, record.discovered.get("catalog"))
+            if client.client_id != data["client_id"]:
+                raise SetupFailed("The gateway's registration changed meanwhile; start again.")
+            with anyio.fail_after(REFRESH_DEADLINE):
+                answer = await oauth.exchange_code(
+                    self.http,
+                    server,
+                    client,
+                    code=code,
+                    verifier=data["verifier"],
+                    redirect_uri=self.redirect_uri,
+                )
+        except SetupFailed:
+            raise
+        except Exception as exc:
+            log.warning("upstream %s/%s: exchanging the code failed: %s", *key, _reason(exc))
+            raise SetupFailed(f"Exchanging the authorization code failed ({_reason(exc)}).") from exc
         tokens = self._tokens_from(answer, None)
-        for _ in range(3):  # another writer may move the row on; ours is the newest authorization
-            current = await self._store.auth(key)
-            if current is None:
-                raise SetupFailed("This connection was deleted meanwhile.")
-            if await self._save(key, current.version, None, tokens):
-                break
-        await self._adopt_stored(key)
+        async with self._lock(key):
+            for _ in range(3):  # another writer may move the row on; ours is the newest authorization
+                current = await self._store.auth(key)
+                if current is None:
+                    raise SetupFailed("This connection was deleted meanwhile.")
+                if await self._save(key, current.version, None, tokens):
+                    break
+            await self._adopt_stored(key)
         log.info("upstream %s/%s authorized by its user", *key)
         return key
 
@@ -418,24 +491,35 @@ class UpstreamAuth:
         now = time.time()
         if not await self._store.lease(key, record.version, self._owner, now, now + LEASE_SECONDS):
             return await self._await_other(creds, record.version)
+        # Once the server may have rotated the refresh token, its answer must be stored: the
+        # caller giving up (a timeout, a client gone) must not cancel this half-way.
+        with anyio.CancelScope(shield=True):
+            return await self._refresh_leased(creds, record, tokens)
+
+    async def _refresh_leased(
+        self, creds: ConnectionCredentials, record: UpstreamAuthRecord, tokens: dict[str, Any]
+    ) -> bool | None:
+        key = creds.key
         server = ServerAuth.from_json(record.discovered)
         try:
-            client = await self.client_for(server, creds.oauth_client)
-            answer = await oauth.refresh(self.http, server, client, tokens["refresh_token"])
+            with anyio.fail_after(REFRESH_DEADLINE):  # well within the lease
+                client = await self.client_for(server, record.discovered.get("catalog"))
+                answer = await oauth.refresh(self.http, server, client, tokens["refresh_token"])
         except InvalidGrant as exc:
             log.warning("upstream %s/%s: refreshing its token failed: %s", *key, exc)
-            await self._save(key, record.version, self._owner, None)
+            await self._save(key, record.version, None, None)
             await self._load(creds, await self._store.auth(key))
             return None
-        except (OAuthProblem, UpstreamRefused, httpx2.HTTPError, OSError) as exc:
-            creds.failure = f"refreshing the upstream's token failed: {exc or type(exc).__name__}"
+        except Exception as exc:
+            creds.failure = f"refreshing the upstream's token failed ({_reason(exc)})"
             log.warning("upstream %s/%s: %s", *key, creds.failure)
             await self._store.release(key, self._owner)
             await self._store.postpone(key, record.version, time.time() + random.uniform(10, 30))
             return False
         fresh = self._tokens_from(answer, tokens)
-        if not await self._save(key, record.version, self._owner, fresh):
-            log.warning("upstream %s/%s: the refresh lease expired before the new token was stored", *key)
+        # Fenced by the version alone: within the deadline our lease is still ours.
+        if not await self._save(key, record.version, None, fresh):
+            log.warning("upstream %s/%s: the tokens changed while refreshing them", *key)
         await self._load(creds, await self._store.auth(key))
         return creds.token is not None
 
@@ -480,9 +564,9 @@ class UpstreamAuth:
                 if not creds.loaded:
                     await self._load(creds, await self._store.auth(key))
                 outcome = await self._refresh_locked(creds, forced=False)
-            if outcome is None and self.on_blocked is not None:
-                creds.problem = AuthRequired(self.status(key))
-                await self.on_blocked(key, creds.problem)
+            problem = creds.problem
+            if outcome is None and problem is not None and self.on_blocked is not None:
+                await self.on_blocked(key, problem)
         except Exception:
             log.exception("refreshing the upstream token of %s/%s failed", *key)
         finally:
@@ -492,10 +576,10 @@ class UpstreamAuth:
     async def forget(self, key: Key) -> Callable[[], Awaitable[None]]:
         """The connection is being deleted: drop its tokens now; the returned function revokes
         them where the server offers it (network I/O, for after the caller's locks)."""
-        creds = self._creds.pop(key, None)
-        configured = creds.oauth_client if creds is not None else None
-        record = await self._store.auth(key)
-        await self._store.forget(key)
+        async with self._lock(key):
+            self._creds.pop(key, None)
+            record = await self._store.auth(key)
+            await self._store.forget(key)
         tokens = self._open_tokens(record) if record is not None else None
 
         async def revoke() -> None:
@@ -504,7 +588,7 @@ class UpstreamAuth:
             server = ServerAuth.from_json(record.discovered)
             with anyio.move_on_after(10):
                 try:
-                    client = await self.client_for(server, configured)
+                    client = await self.client_for(server, record.discovered.get("catalog"))
                     for name in ("refresh_token", "access_token"):
                         if tokens.get(name):
                             await oauth.revoke(self.http, server, client, tokens[name], name)
@@ -512,6 +596,22 @@ class UpstreamAuth:
                     log.warning("revoking the upstream tokens of %s/%s failed: %s", *key, type(exc).__name__)
 
         return revoke
+
+
+def _secret_method(secret: str | None, server: ServerAuth) -> str:
+    """How a configured app without an `auth_method` authenticates: as the server prefers."""
+    if not secret:
+        return "none"
+    if "client_secret_basic" not in server.auth_methods and "client_secret_post" in server.auth_methods:
+        return "client_secret_post"
+    return "client_secret_basic"
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason without secrets: ours are written for users; others are named by type."""
+    if isinstance(exc, OAuthProblem | UpstreamRefused):
+        return str(exc)
+    return type(exc).__name__
 
 
 def _hash(value: str) -> str:
