@@ -80,8 +80,9 @@ class Interrupted(CliError):
 
 
 def is_url(value: str) -> bool:
-    """An http(s) URL, as opposed to the name of a server in the gateway's catalog."""
-    return value.lower().startswith(("http://", "https://"))
+    """A URL (the gateway checks its scheme), as opposed to the name of a server in the gateway's
+    catalog, which never contains `://`."""
+    return "://" in value
 
 
 def with_query(url: str, values: dict[str, str]) -> str:
@@ -282,8 +283,8 @@ def add(
 ) -> None:
     """Connect the upstream MCP server at URL, or the server NAME of the gateway's catalog.
 
-    URL is an http(s) URL; anything else is the name of a server listed in the gateway's
-    config.toml (`[[servers]]`). Without --id, a connection of the namespace that already has this
+    URL is an http(s) URL; anything without `://` is the name of a server listed in the
+    gateway's config.toml (`[[servers]]`). Without --id, a connection of the namespace that already has this
     URL (and the same --metadata, when given) is updated rather than duplicated; --new always adds
     one, with a generated id (a catalog NAME always adds one unless --id is given).
 
