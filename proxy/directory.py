@@ -586,7 +586,7 @@ class Directory:
                 "message": getattr(exc, "message", None) or "the upstream server failed",
             }
         # What the upstream said may quote the credentials it was sent: never store them.
-        redactor = Redactor.for_headers(config.headers)
+        redactor = session.redactor
         status = redactor.redact_json(status)
         server_info = (
             redactor.redact_json(session.server_info)
@@ -617,8 +617,8 @@ class Directory:
         record = self._connections.get(namespace, {}).get(connection_id)
         if record is None:
             return
-        config = self._configs.get(key)
-        redactor = Redactor.for_headers(config.headers if config is not None else self._headers(record))
+        session = self._pool.get(key)
+        redactor = session.redactor if session is not None else Redactor.for_headers(self._headers(record))
         status = redactor.redact_json(status)
         server_info = (
             redactor.redact_json(server_info) if status.get("state") == "connected" else record.server_info

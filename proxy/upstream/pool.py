@@ -109,7 +109,8 @@ class UpstreamSession:
         self.config = config
         self.credentials: Credentials = pool.credentials_for(key, config)
         # Text from the upstream is cleaned of the credentials it was sent before it goes anywhere.
-        self.redactor = Redactor.for_headers(config.headers)
+        self._redactor = Redactor.for_headers(config.headers)
+        self._redactor_for: int | None = None
         self._live: _Live | None = None
         self._connect_lock = anyio.Lock()
         self._failures = 0
@@ -135,6 +136,16 @@ class UpstreamSession:
             failure_ttl=pool.failure_ttl,
             on_change=lambda: pool.tools_changed(key),
         )
+
+    @property
+    def redactor(self) -> Redactor:
+        """Cleans text from the upstream of every credential it was sent: the connection's
+        headers and the current OAuth token (rebuilt when the credentials change)."""
+        version = self.credentials.version
+        if self._redactor_for != version:
+            self._redactor = Redactor.for_headers({**self.config.headers, **self.credentials.headers()})
+            self._redactor_for = version
+        return self._redactor
 
     @property
     def busy(self) -> bool:

@@ -115,6 +115,8 @@ def http_spec(fields: tuple[ConfigField, ...]) -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = {"label": f.label, "required": f.required}
         if f.description:
             entry["description"] = f.description
+        if f.choices:
+            entry["enum"] = list(f.choices)  # (beyond Smithery's shape) what a form may offer
         spec["headers" if f.place == "header" else "query"][f.key] = entry
     return spec
 

@@ -188,7 +188,7 @@ async def discover(
         and "offline_access" not in scope.split()
     ):
         scope = f"{scope} offline_access"  # SEP-2207: ask for a refresh token where it must be asked for
-    endpoints = {}
+    endpoints: dict[str, str | None] = {}
     for name in ("authorization_endpoint", "token_endpoint", "registration_endpoint", "revocation_endpoint"):
         value = metadata.get(name)
         if value is None and name in ("registration_endpoint", "revocation_endpoint"):

@@ -395,8 +395,8 @@ class UpstreamAuth:
             # RFC 9207: a response that may come from another server is not shown or used.
             raise SetupFailed("The authorization response did not come from the expected server (iss).")
         if params.get("error"):
-            code = "".join(c for c in params["error"] if c.isalnum() or c == "_")[:64]
-            raise SetupFailed(f"The authorization server did not authorize the gateway ({code}).")
+            error = "".join(c for c in params["error"] if c.isalnum() or c == "_")[:64]
+            raise SetupFailed(f"The authorization server did not authorize the gateway ({error}).")
         code = params.get("code")
         if not code:
             raise SetupFailed("The authorization server sent no code; start again from the setup link.")
@@ -494,7 +494,8 @@ class UpstreamAuth:
         # Once the server may have rotated the refresh token, its answer must be stored: the
         # caller giving up (a timeout, a client gone) must not cancel this half-way.
         with anyio.CancelScope(shield=True):
-            return await self._refresh_leased(creds, record, tokens)
+            outcome = await self._refresh_leased(creds, record, tokens)
+        return outcome
 
     async def _refresh_leased(
         self, creds: ConnectionCredentials, record: UpstreamAuthRecord, tokens: dict[str, Any]
