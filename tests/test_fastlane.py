@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy.upstream._http1 import Http1Pool
-from proxy.upstream.credentials import CredentialsAuth, StaticCredentials
+from proxy.upstream.credentials import Challenge, CredentialsAuth, StaticCredentials
 from proxy.upstream.fastlane import FastLane, Unauthorized
 
 pytestmark = pytest.mark.anyio
@@ -57,19 +57,27 @@ class Upstream:
 class Rotating:
     """Credentials that are stale until refreshed once (as an OAuth token past its expiry)."""
 
+    problem = None
+    failure = None
+
     def __init__(self, fixes: bool = True):
         self.version = 0
         self.fixes = fixes
         self.refreshes = 0
+        self.challenges: list[Challenge] = []
 
     def headers(self) -> Mapping[str, str]:
         return {"authorization": f"Bearer {'new' if self.version else 'old'}"}
 
-    async def refresh(self, rejected_version: int | None) -> bool:
+    async def prepare(self) -> None:
+        return None
+
+    async def rejected(self, version: int, challenge: Challenge) -> bool:
         self.refreshes += 1
+        self.challenges.append(challenge)
         if not self.fixes:
             return False
-        if rejected_version == self.version:
+        if version == self.version:
             self.version += 1
         return True
 

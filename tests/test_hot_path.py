@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -15,6 +16,7 @@ from proxy.gateway.catalog import Catalog
 from proxy.settings import Settings
 from proxy.store import open_store
 from proxy.upstream import ConnectionPool
+from proxy.upstream_auth import UpstreamAuth
 from proxy.vault import Vault
 
 ADMIN = Principal(kind="api_key", id="test", name="test")
@@ -41,22 +43,32 @@ class CountingStore:
 async def test_tool_calls_do_not_touch_the_store(modern_upstream, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'j.db'}")
     counting = CountingStore(store)
+    upstream_rows = CountingStore(store.upstream)  # the credentials hook's rows count as well
     settings = Settings(allow_private_upstreams=True)
+    vault = Vault([os.urandom(32)])
+    auth = UpstreamAuth(settings, SimpleNamespace(upstream=upstream_rows), vault)  # type: ignore[arg-type]
     try:
         async with anyio.create_task_group() as tg:
-            pool = ConnectionPool(tg, allow_private=True, tools_ttl=300, idle_timeout=60)
-            directory = Directory(counting, Vault([os.urandom(32)]), pool, settings)  # type: ignore[arg-type]
+            pool = ConnectionPool(
+                tg,
+                allow_private=True,
+                tools_ttl=300,
+                idle_timeout=60,
+                credentials_for=lambda key, config: auth.credentials(key, config.url, config.headers),
+            )
+            directory = Directory(counting, vault, pool, settings, auth)  # type: ignore[arg-type]
             catalog = Catalog(directory)
             await directory.create_namespace("hot-path")
             data = parse_connection_input({"mcpUrl": modern_upstream.url, "headers": {"X-Api-Key": "k"}})
             await directory.create_connection("hot-path", "m", data)
             assert "echo" in {t.name for t in await (await directory.upstream("hot-path", "m")).list_tools()}
-            before = list(counting.calls)
+            before = list(counting.calls), list(upstream_rows.calls)
             for i in range(20):
                 result = await catalog.call("hot-path", ADMIN, "m.echo", {"text": str(i)})
                 assert result["content"][0]["text"] == str(i)
-            assert counting.calls == before
+            assert (counting.calls, upstream_rows.calls) == before
             await pool.aclose()
+            await auth.aclose()
             tg.cancel_scope.cancel()
     finally:
         await store.close()
