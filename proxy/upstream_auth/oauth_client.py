@@ -109,6 +109,16 @@ async def get_json(http: httpx2.AsyncClient, url: str) -> tuple[int, Any]:
         return 200, None
 
 
+async def _post(http: httpx2.AsyncClient, url: str, **request: Any) -> tuple[int, Any]:
+    """POST, and the status with the JSON answer (None when it is not JSON), size-limited."""
+    async with http.stream("POST", url, **request) as response:
+        raw = await _read_limited(response)
+    try:
+        return response.status_code, json.loads(raw)
+    except ValueError:
+        return response.status_code, None
+
+
 async def _read_limited(response: httpx2.Response) -> bytes:
     chunks: list[bytes] = []
     size = 0
@@ -248,13 +258,7 @@ async def register(
         body["client_uri"] = client_uri
     if auth.scope:
         body["scope"] = auth.scope
-    async with http.stream("POST", auth.registration_endpoint, json=body) as response:
-        raw = await _read_limited(response)
-        status = response.status_code
-    try:
-        answer = json.loads(raw)
-    except ValueError:
-        answer = None
+    status, answer = await _post(http, auth.registration_endpoint, json=body)
     if (
         status not in (200, 201)
         or not isinstance(answer, dict)
@@ -307,13 +311,7 @@ async def _token_request(
     http: httpx2.AsyncClient, auth: ServerAuth, client: ClientRegistration, form: dict[str, str]
 ) -> dict[str, Any]:
     headers = {"Accept": "application/json", **_client_auth(client, form)}
-    async with http.stream("POST", auth.token_endpoint, data=form, headers=headers) as response:
-        raw = await _read_limited(response)
-        status = response.status_code
-    try:
-        answer = json.loads(raw)
-    except ValueError:
-        answer = None
+    status, answer = await _post(http, auth.token_endpoint, data=form, headers=headers)
     if status == 200 and isinstance(answer, dict) and isinstance(answer.get("access_token"), str):
         if not _B64TOKEN.fullmatch(answer["access_token"]):
             # It goes into a header line as it is: RFC 6750's characters only.
@@ -367,6 +365,5 @@ async def revoke(
         return False
     form = {"token": token, "token_type_hint": hint}
     headers = _client_auth(client, form)
-    async with http.stream("POST", auth.revocation_endpoint, data=form, headers=headers) as response:
-        await _read_limited(response)
-        return response.status_code == 200
+    status, _ = await _post(http, auth.revocation_endpoint, data=form, headers=headers)
+    return status == 200

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from starlette.requests import Request
@@ -59,17 +59,28 @@ def _csrf_ok(request: Request, form: Any) -> bool:
     return bool(cookie) and isinstance(sent, str) and hmac.compare_digest(cookie.encode(), sent.encode())
 
 
-def _with_csrf(request: Request, response: Response, csrf: str) -> Response:
+def _with_cookie(
+    request: Request,
+    response: Response,
+    name: str,
+    value: str,
+    max_age: int,
+    samesite: Literal["lax", "strict"],
+) -> Response:
     response.set_cookie(
-        _cookie_name(request),
-        csrf,
-        max_age=3600,
+        _cookie_name(request, name),
+        value,
+        max_age=max_age,
         httponly=True,
         secure=_https(request),
-        samesite="strict",
+        samesite=samesite,
         path="/",
     )
     return response
+
+
+def _with_csrf(request: Request, response: Response, csrf: str) -> Response:
+    return _with_cookie(request, response, CSRF_COOKIE, csrf, 3600, "strict")
 
 
 def _action(request: Request) -> str:
@@ -133,16 +144,7 @@ async def _authorize(request: Request, gateway: Gateway, record: ConnectionRecor
         return _failed(str(exc))
     response = RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)
     # Lax: the authorization server sends the browser back with a top-level GET.
-    response.set_cookie(
-        _cookie_name(request, BROWSER_COOKIE),
-        browser,
-        max_age=600,
-        httponly=True,
-        secure=_https(request),
-        samesite="lax",
-        path="/",
-    )
-    return response
+    return _with_cookie(request, response, BROWSER_COOKIE, browser, 600, "lax")
 
 
 def _missing_fields(gateway: Gateway, record: ConnectionRecord) -> list[ConfigField]:
