@@ -34,7 +34,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from proxy import __version__
-from proxy.oauth_server.flow import s256
+from proxy.pkce import s256
 from proxy.upstream._clients import WireState, streamable_http_client_for, tls_context
 from proxy.upstream._pinned import pinned_transport
 from proxy.upstream.credentials import Challenge, CredentialsAuth

@@ -8,8 +8,6 @@ carries the blob (it is in the page) but not the cookie (SameSite=Lax, HttpOnly)
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import json
 import math
@@ -96,8 +94,3 @@ def unseal(vault: Vault, blob: str | None, cookie: str | None) -> Flow:
             "this form did not come from this browser's sign-in (cookie missing); start again from the app",
         )
     return flow
-
-
-def s256(verifier: str) -> str:
-    """The PKCE S256 code challenge of a verifier (RFC 7636 §4.2)."""
-    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()

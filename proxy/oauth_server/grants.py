@@ -23,7 +23,8 @@ from proxy.auth.policy import Principal
 from proxy.auth.tokens import AccessGrant, ServiceTokens
 from proxy.errors import NotFound, OAuthError
 from proxy.oauth_server.clients import Client
-from proxy.oauth_server.flow import Flow, Login, s256
+from proxy.oauth_server.flow import Flow, Login
+from proxy.pkce import s256
 from proxy.settings import Settings
 from proxy.store import AuthCodeRecord, OAuthGrantRecord, OAuthStore
 

@@ -17,7 +17,8 @@ import httpx2
 import jwt
 
 from proxy.errors import OAuthError
-from proxy.oauth_server.flow import Login, s256
+from proxy.oauth_server.flow import Login
+from proxy.pkce import s256
 from proxy.settings import Settings
 
 _ALGORITHMS: Final = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]

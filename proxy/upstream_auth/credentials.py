@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from proxy.errors import AuthRequired, JunctionError
 from proxy.redact import LOG_REDACTION, Redactor
 from proxy.upstream.credentials import Challenge
 
-if TYPE_CHECKING:
-    from proxy.upstream_auth.service import UpstreamAuth
-
 Key = tuple[str, str]
+
+
+class Authority(Protocol):
+    """What decides for the credentials (`UpstreamAuth`): every step that needs I/O."""
+
+    def status(self, key: Key, incarnation: str) -> dict[str, Any]: ...
+    async def prepare(self, creds: ConnectionCredentials) -> None: ...
+    async def rejected(self, creds: ConnectionCredentials, version: int, challenge: Challenge) -> bool: ...
 
 
 class ConnectionCredentials:
     """The `Credentials` of one connection (see `proxy.upstream.credentials`)."""
 
-    def __init__(self, auth: UpstreamAuth, key: Key, headers: Mapping[str, str]):
+    def __init__(self, auth: Authority, key: Key, headers: Mapping[str, str]):
         self._auth = auth
         self.key = key
         self._static = dict(headers)

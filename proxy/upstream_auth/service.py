@@ -31,7 +31,7 @@ import httpx2
 from anyio.abc import TaskGroup
 
 from proxy.errors import JunctionError, UpstreamRefused
-from proxy.oauth_server.flow import s256
+from proxy.pkce import s256
 from proxy.settings import Settings
 from proxy.store import Store
 from proxy.store._upstream import UpstreamAuthRecord, UpstreamStateRecord
