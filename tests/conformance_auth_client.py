@@ -9,7 +9,7 @@ hook) and, where the gateway would hand its user a setup link, plays the user: o
 ``insufficient_scope``) it runs OUR upstream OAuth client (`proxy.upstream_auth.oauth_client`):
 `discover`, registration chosen as `UpstreamAuth.client_for` does, `authorization_url` with PKCE S256
 and a random state, a GET of it without following the redirect (the mock server approves at
-once), the callback checks of `UpstreamAuth.finish` (state, RFC 9207 `iss`), and `exchange_code`.
+once), the callback checks of `proxy.upstream_auth.flow.finish` (state, RFC 9207 `iss`), and `exchange_code`.
 What it does over MCP: connect (initialize), list the tools, call the first one; a scenario may
 refuse any of these (step-up scenarios let `initialize` through and refuse later calls).
 
@@ -123,7 +123,7 @@ class Authorizer:
             raise OAuthProblem(f"redirected to {location[:200]!r}, not to our callback")
         params = dict(parse_qsl(target.query))
 
-        # UpstreamAuth.finish
+        # proxy.upstream_auth.flow.finish
         if not secrets.compare_digest(params.get("state", ""), state):
             raise OAuthProblem("the callback's state is not the one we sent")
         iss = params.get("iss")

@@ -14,14 +14,13 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import quote
@@ -31,10 +30,9 @@ import httpx2
 from anyio.abc import TaskGroup
 
 from proxy.errors import JunctionError, UpstreamRefused
-from proxy.pkce import s256
 from proxy.settings import Settings
 from proxy.store import Store
-from proxy.store._upstream import UpstreamAuthRecord, UpstreamStateRecord
+from proxy.store._upstream import UpstreamAuthRecord
 from proxy.upstream._clients import tls_context
 from proxy.upstream._pinned import pinned_transport
 from proxy.upstream.credentials import Challenge
@@ -47,7 +45,6 @@ log = logging.getLogger("junction.upstream_auth")
 
 CALLBACK_PATH = "/oauth/callback"
 CLIENT_METADATA_PATH = "/oauth/client-metadata.json"
-STATE_TTL = timedelta(minutes=10)
 # A refresh (registration included) must end well within its lease: another instance takes an
 # expired lease, and two refreshes of one rotating refresh token burn the grant.
 REFRESH_DEADLINE = 20.0
@@ -55,7 +52,6 @@ LEASE_SECONDS = 60.0
 DISCOVERY_DEADLINE = 30.0
 BROWSER_COOKIE = "junction_authorize"  # binds an authorization in progress to the browser that began it
 _TOKENS = "oauth-tokens"
-_STATE = "oauth-state"
 _LINK = "setup-link"
 _CLIENT = "oauth-client"
 
@@ -71,8 +67,8 @@ class UpstreamAuth:
 
     def __init__(self, settings: Settings, store: Store, vault: Vault):
         self._settings = settings
-        self._store = store.upstream
-        self._vault = vault
+        self.rows = store.upstream  # this module's rows in the store
+        self.vault = vault
         self._public = settings.effective_public_url
         self._allow_http = settings.allow_private_upstreams
         self.http = httpx2.AsyncClient(
@@ -137,15 +133,15 @@ class UpstreamAuth:
         creds.incarnation = incarnation
         return creds
 
-    def _lock(self, key: Key) -> anyio.Lock:
+    def lock(self, key: Key) -> anyio.Lock:
         return self._locks.setdefault(key, anyio.Lock())
 
     async def prepare(self, creds: ConnectionCredentials) -> None:
         """Before a connection connects: its stored tokens, refreshed when they expired."""
         if not creds.loaded or creds.needs_authorization:
             # Waiting for its user: the authorization may have finished on another instance.
-            async with self._lock(creds.key):
-                record = await self._store.auth(creds.key)
+            async with self.lock(creds.key):
+                record = await self.rows.auth(creds.key)
                 if not creds.loaded or record is None or record.version != creds.stored_version:
                     await self._load(creds, record)
         if creds.token and creds.expired:
@@ -164,7 +160,7 @@ class UpstreamAuth:
         if not record.tokens_sealed:
             return None
         try:
-            opened = self._vault.open(
+            opened = self.vault.open(
                 record.tokens_sealed,
                 namespace=record.namespace,
                 connection_id=record.connection_id,
@@ -179,7 +175,7 @@ class UpstreamAuth:
         return tokens
 
     def _seal_tokens(self, key: Key, tokens: dict[str, Any]) -> str:
-        return self._vault.seal(
+        return self.vault.seal(
             {"json": json.dumps(tokens)}, namespace=key[0], connection_id=key[1], field=_TOKENS
         )
 
@@ -189,14 +185,14 @@ class UpstreamAuth:
         missing configuration. It carries a sealed expiry and is bound to this connection (not a
         later one with the same id), so only the gateway can make one."""
         expires = int(time.time() + self._settings.setup_link_ttl)
-        token = self._vault.seal(
+        token = self.vault.seal(
             {"exp": str(expires)}, namespace=key[0], connection_id=key[1], field=f"{_LINK}:{incarnation}"
         )
         return f"{self._public}/setup/{quote(key[0])}/{quote(key[1])}?t={quote(token)}"
 
     def check_setup_link(self, key: Key, incarnation: str, token: str) -> None:
         try:
-            data = self._vault.open(
+            data = self.vault.open(
                 token, namespace=key[0], connection_id=key[1], field=f"{_LINK}:{incarnation}"
             )
             valid = float(data["exp"]) > time.time()
@@ -214,10 +210,10 @@ class UpstreamAuth:
 
     # a refusal from the upstream
     async def rejected(self, creds: ConnectionCredentials, version: int, challenge: Challenge) -> bool:
-        async with self._lock(creds.key):
+        async with self.lock(creds.key):
             if creds.version != version:
                 return True  # the headers changed since that request was sent: try the new ones
-            record = await self._store.auth(creds.key)
+            record = await self.rows.auth(creds.key)
             if record is not None and record.version != creds.stored_version:
                 await self._load(creds, record)  # authorized or refreshed elsewhere meanwhile
                 if creds.token:
@@ -234,7 +230,7 @@ class UpstreamAuth:
 
     async def _require(self, creds: ConnectionCredentials, challenge: Challenge) -> None:
         """Discover how to authorize, register, and make the connection `auth_required`."""
-        record = await self._store.auth(creds.key)
+        record = await self.rows.auth(creds.key)
         previous = (
             ServerAuth.from_json(record.discovered) if record is not None and record.discovered else None
         )
@@ -264,9 +260,9 @@ class UpstreamAuth:
             return
         discovered = {**server.to_json(), "catalog": creds.catalog_server}
         expected = record.version if record is not None else None
-        version = await self._store.discovered(creds.key, discovered, expected, datetime.now(UTC))
+        version = await self.rows.discovered(creds.key, discovered, expected, datetime.now(UTC))
         if version is None:  # someone else changed the row (authorized?) or the connection is gone
-            await self._load(creds, await self._store.auth(creds.key))
+            await self._load(creds, await self.rows.auth(creds.key))
             return
         creds.adopt(version, None)
         creds.needs_authorization = True
@@ -295,10 +291,10 @@ class UpstreamAuth:
                 auth_method=configured.get("auth_method") or _secret_method(secret, server),
                 source="configured",
             )
-        sealed = await self._store.client(server.issuer, self.redirect_uri)
+        sealed = await self.rows.client(server.issuer, self.redirect_uri)
         if sealed is not None:
             try:
-                data = self._vault.open(
+                data = self.vault.open(
                     sealed, namespace="", connection_id=_issuer_id(server.issuer), field=_CLIENT
                 )
                 return ClientRegistration.from_json(data)
@@ -307,12 +303,12 @@ class UpstreamAuth:
         if server.cimd_supported and self._cimd_usable():
             return ClientRegistration(client_id=self.client_metadata_url, source="metadata_document")
         client = await oauth.register(self.http, server, self.redirect_uri, "mcp-junction", self._public)
-        sealed = self._vault.seal(
+        sealed = self.vault.seal(
             client.to_json(), namespace="", connection_id=_issuer_id(server.issuer), field=_CLIENT
         )
-        stored = await self._store.add_client(server.issuer, self.redirect_uri, sealed, datetime.now(UTC))
+        stored = await self.rows.add_client(server.issuer, self.redirect_uri, sealed, datetime.now(UTC))
         if stored != sealed:  # another instance registered first: use that one
-            data = self._vault.open(
+            data = self.vault.open(
                 stored, namespace="", connection_id=_issuer_id(server.issuer), field=_CLIENT
             )
             return ClientRegistration.from_json(data)
@@ -322,115 +318,7 @@ class UpstreamAuth:
         """A client metadata document must be served over https (http only in development)."""
         return self._public.startswith("https://") or self._allow_http
 
-    # the authorization flow
-    async def pending(self, key: Key) -> ServerAuth:
-        """What the connection's user is about to authorize (shown before they are sent there)."""
-        record = await self._store.auth(key)
-        if record is None or not record.discovered or record.tokens_sealed:
-            raise SetupFailed("This connection does not need authorization now.")
-        return ServerAuth.from_json(record.discovered)
-
-    async def start(self, key: Key, browser: str) -> str:
-        """The upstream's authorization URL for this connection's user (PKCE S256, state,
-        resource, scope). `browser` is a secret of the user's browser (a cookie): only that
-        browser can finish this authorization."""
-        record = await self._store.auth(key)
-        if record is None or not record.discovered or record.tokens_sealed:
-            raise SetupFailed("This connection does not need authorization now.")
-        server = ServerAuth.from_json(record.discovered)
-        try:
-            client = await self.client_for(server, record.discovered.get("catalog"))
-        except Exception as exc:
-            log.warning("upstream %s/%s: registering failed: %s", *key, type(exc).__name__)
-            raise SetupFailed(
-                f"The gateway could not register with the upstream's authorization server ({_reason(exc)})."
-            ) from exc
-        verifier = secrets.token_urlsafe(48)
-        state = secrets.token_urlsafe(32)
-        sealed = self._vault.seal(
-            {
-                "verifier": verifier,
-                "issuer": server.issuer,
-                "client_id": client.client_id,
-                "browser": _hash(browser),
-            },
-            namespace=key[0],
-            connection_id=key[1],
-            field=_STATE,
-        )
-        expires = datetime.now(UTC) + STATE_TTL
-        await self._store.add_state(_hash(state), UpstreamStateRecord(key[0], key[1], sealed, expires))
-        return oauth.authorization_url(
-            server, client, redirect_uri=self.redirect_uri, state=state, code_challenge=s256(verifier)
-        )
-
-    async def finish(self, params: Mapping[str, str], browser: str | None) -> Key:
-        """The callback: check `state` (single use, unexpired, begun in this browser) and `iss`,
-        exchange the code, store the tokens. The connection's key; `SetupFailed` says what failed."""
-        state = params.get("state")
-        if not state:
-            raise SetupFailed("The authorization server sent no state; start again from the setup link.")
-        taken = await self._store.take_state(_hash(state), datetime.now(UTC))
-        if taken is None:
-            raise SetupFailed(
-                "This authorization was already completed or has expired; start again from the setup link."
-            )
-        key = (taken.namespace, taken.connection_id)
-        try:
-            data = self._vault.open(taken.sealed, namespace=key[0], connection_id=key[1], field=_STATE)
-        except VaultError as exc:
-            raise SetupFailed("This authorization cannot be read any more; start again.") from exc
-        if not browser or not hmac.compare_digest(_hash(browser), data.get("browser", "")):
-            raise SetupFailed(
-                "This authorization was started in another browser; open the setup link in this one."
-            )
-        record = await self._store.auth(key)
-        if record is None or not record.discovered:
-            raise SetupFailed("This connection no longer exists or no longer needs authorization.")
-        server = ServerAuth.from_json(record.discovered)
-        if server.issuer != data["issuer"]:
-            raise SetupFailed("The connection's authorization server changed meanwhile; start again.")
-        iss = params.get("iss")
-        if (iss is not None and iss != server.issuer) or (iss is None and server.iss_supported):
-            # RFC 9207: a response that may come from another server is not shown or used.
-            raise SetupFailed("The authorization response did not come from the expected server (iss).")
-        if params.get("error"):
-            error = "".join(c for c in params["error"] if c.isalnum() or c == "_")[:64]
-            raise SetupFailed(f"The authorization server did not authorize the gateway ({error}).")
-        code = params.get("code")
-        if not code:
-            raise SetupFailed("The authorization server sent no code; start again from the setup link.")
-        try:
-            client = await self.client_for(server, record.discovered.get("catalog"))
-            if client.client_id != data["client_id"]:
-                raise SetupFailed("The gateway's registration changed meanwhile; start again.")
-            with anyio.fail_after(REFRESH_DEADLINE):
-                answer = await oauth.exchange_code(
-                    self.http,
-                    server,
-                    client,
-                    code=code,
-                    verifier=data["verifier"],
-                    redirect_uri=self.redirect_uri,
-                )
-        except SetupFailed:
-            raise
-        except Exception as exc:
-            log.warning("upstream %s/%s: exchanging the code failed: %s", *key, _reason(exc))
-            raise SetupFailed(f"Exchanging the authorization code failed ({_reason(exc)}).") from exc
-        tokens = self._tokens_from(answer, None)
-        async with self._lock(key):
-            for _ in range(3):  # another writer may move the row on; ours is the newest authorization
-                current = await self._store.auth(key)
-                if current is None:
-                    raise SetupFailed("This connection was deleted meanwhile.")
-                if await self._save(key, current.version, None, tokens):
-                    break
-            await self._adopt_stored(key)
-        log.info("upstream %s/%s authorized by its user", *key)
-        return key
-
-    def _tokens_from(self, answer: Mapping[str, Any], previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    def tokens_from(self, answer: Mapping[str, Any], previous: Mapping[str, Any] | None) -> dict[str, Any]:
         now = time.time()
         tokens: dict[str, Any] = {"access_token": answer["access_token"], "obtained_at": now}
         refresh_token = answer.get("refresh_token") or (previous or {}).get("refresh_token")
@@ -445,8 +333,8 @@ class UpstreamAuth:
                 tokens["refresh_at"] = now + lifetime * random.uniform(0.7, 0.8)
         return tokens
 
-    async def _save(self, key: Key, version: int, owner: str | None, tokens: dict[str, Any] | None) -> bool:
-        saved = await self._store.save_tokens(
+    async def save(self, key: Key, version: int, owner: str | None, tokens: dict[str, Any] | None) -> bool:
+        saved = await self.rows.save_tokens(
             key,
             version=version,
             owner=owner,
@@ -459,16 +347,16 @@ class UpstreamAuth:
             self._wake.set()
         return saved
 
-    async def _adopt_stored(self, key: Key) -> ConnectionCredentials:
+    async def adopt_stored(self, key: Key) -> ConnectionCredentials:
         creds = self._creds.get(key)
         if creds is None:
             creds = self._creds[key] = ConnectionCredentials(self, key, {})
-        await self._load(creds, await self._store.auth(key))
+        await self._load(creds, await self.rows.auth(key))
         return creds
 
     # refreshing
     async def refresh(self, creds: ConnectionCredentials) -> bool:
-        async with self._lock(creds.key):
+        async with self.lock(creds.key):
             outcome = await self._refresh_locked(creds, forced=False)
         return bool(outcome)
 
@@ -476,7 +364,7 @@ class UpstreamAuth:
         """Refresh (or adopt another instance's refresh). True: new headers; False: could not
         now (the failure is kept); None: the grant is gone, a person must authorize again."""
         key = creds.key
-        record = await self._store.auth(key)
+        record = await self.rows.auth(key)
         if record is None or not record.tokens_sealed:
             await self._load(creds, record)
             return None
@@ -489,7 +377,7 @@ class UpstreamAuth:
         if not forced and record.refresh_at is not None and record.refresh_at > time.time():
             return True
         now = time.time()
-        if not await self._store.lease(key, record.version, self._owner, now, now + LEASE_SECONDS):
+        if not await self.rows.lease(key, record.version, self._owner, now, now + LEASE_SECONDS):
             return await self._await_other(creds, record.version)
         # Once the server may have rotated the refresh token, its answer must be stored: the
         # caller giving up (a timeout, a client gone) must not cancel this half-way.
@@ -508,20 +396,20 @@ class UpstreamAuth:
                 answer = await oauth.refresh(self.http, server, client, tokens["refresh_token"])
         except InvalidGrant as exc:
             log.warning("upstream %s/%s: refreshing its token failed: %s", *key, exc)
-            await self._save(key, record.version, None, None)
-            await self._load(creds, await self._store.auth(key))
+            await self.save(key, record.version, None, None)
+            await self._load(creds, await self.rows.auth(key))
             return None
         except Exception as exc:
-            creds.failure = f"refreshing the upstream's token failed ({_reason(exc)})"
+            creds.failure = f"refreshing the upstream's token failed ({reason(exc)})"
             log.warning("upstream %s/%s: %s", *key, creds.failure)
-            await self._store.release(key, self._owner)
-            await self._store.postpone(key, record.version, time.time() + random.uniform(10, 30))
+            await self.rows.release(key, self._owner)
+            await self.rows.postpone(key, record.version, time.time() + random.uniform(10, 30))
             return False
-        fresh = self._tokens_from(answer, tokens)
+        fresh = self.tokens_from(answer, tokens)
         # Fenced by the version alone: within the deadline our lease is still ours.
-        if not await self._save(key, record.version, None, fresh):
+        if not await self.save(key, record.version, None, fresh):
             log.warning("upstream %s/%s: the tokens changed while refreshing them", *key)
-        await self._load(creds, await self._store.auth(key))
+        await self._load(creds, await self.rows.auth(key))
         return creds.token is not None
 
     async def _await_other(self, creds: ConnectionCredentials, version: int) -> bool | None:
@@ -529,7 +417,7 @@ class UpstreamAuth:
         with anyio.move_on_after(LEASE_SECONDS + 5):
             while True:
                 await anyio.sleep(0.1)
-                record = await self._store.auth(creds.key)
+                record = await self.rows.auth(creds.key)
                 if record is None or record.version != version:
                     await self._load(creds, record)
                     return True if creds.token else None
@@ -544,11 +432,11 @@ class UpstreamAuth:
             self._wake = anyio.Event()
             now = time.time()
             try:
-                for key, _version in await self._store.due(now):
+                for key, _version in await self.rows.due(now):
                     if key not in self._refreshing:
                         self._refreshing.add(key)
                         task_group.start_soon(self._refresh_due, key)
-                next_due = await self._store.next_due()
+                next_due = await self.rows.next_due()
             except Exception:
                 log.exception("looking for upstream tokens to refresh failed")
                 next_due = None
@@ -561,9 +449,9 @@ class UpstreamAuth:
             creds = self._creds.get(key)
             if creds is None:
                 creds = self._creds[key] = ConnectionCredentials(self, key, {})
-            async with self._lock(key):
+            async with self.lock(key):
                 if not creds.loaded:
-                    await self._load(creds, await self._store.auth(key))
+                    await self._load(creds, await self.rows.auth(key))
                 outcome = await self._refresh_locked(creds, forced=False)
             problem = creds.problem
             if outcome is None and problem is not None and self.on_blocked is not None:
@@ -577,10 +465,10 @@ class UpstreamAuth:
     async def forget(self, key: Key) -> Callable[[], Awaitable[None]]:
         """The connection is being deleted: drop its tokens now; the returned function revokes
         them where the server offers it (network I/O, for after the caller's locks)."""
-        async with self._lock(key):
+        async with self.lock(key):
             self._creds.pop(key, None)
-            record = await self._store.auth(key)
-            await self._store.forget(key)
+            record = await self.rows.auth(key)
+            await self.rows.forget(key)
         tokens = self._open_tokens(record) if record is not None else None
 
         async def revoke() -> None:
@@ -608,15 +496,11 @@ def _secret_method(secret: str | None, server: ServerAuth) -> str:
     return "client_secret_basic"
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """A short reason without secrets: ours are written for users; others are named by type."""
     if isinstance(exc, OAuthProblem | UpstreamRefused):
         return str(exc)
     return type(exc).__name__
-
-
-def _hash(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def _issuer_id(issuer: str) -> str:

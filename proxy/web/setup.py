@@ -26,6 +26,7 @@ from proxy.errors import JunctionError, NotFound
 from proxy.state import Gateway
 from proxy.store import ConnectionRecord
 from proxy.upstream_auth import SetupFailed
+from proxy.upstream_auth import flow as upstream_flow
 from proxy.upstream_auth.config import ConfigField
 from proxy.upstream_auth.service import CALLBACK_PATH, CLIENT_METADATA_PATH
 from proxy.web.pages import SECURITY_HEADERS, page
@@ -114,7 +115,7 @@ async def setup(request: Request) -> Response:
 async def _confirm(request: Request, gateway: Gateway, record: ConnectionRecord) -> Response:
     """What the user is about to sign in to, and a button to go on."""
     try:
-        server = await gateway.upstream_auth.pending((record.namespace, record.connection_id))
+        server = await upstream_flow.pending(gateway.upstream_auth, (record.namespace, record.connection_id))
     except SetupFailed as exc:
         return _failed(str(exc))
     csrf = request.cookies.get(_cookie_name(request)) or secrets.token_urlsafe(24)
@@ -139,7 +140,9 @@ async def _authorize(request: Request, gateway: Gateway, record: ConnectionRecor
         return _failed("This page expired or was not sent from this gateway; open the setup link again.", 403)
     browser = secrets.token_urlsafe(24)
     try:
-        url = await gateway.upstream_auth.start((record.namespace, record.connection_id), browser)
+        url = await upstream_flow.start(
+            gateway.upstream_auth, (record.namespace, record.connection_id), browser
+        )
     except SetupFailed as exc:
         return _failed(str(exc))
     response = RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)
@@ -248,7 +251,7 @@ async def callback(request: Request) -> Response:
     params: dict[str, Any] = dict(request.query_params)
     browser = request.cookies.get(_cookie_name(request, BROWSER_COOKIE))
     try:
-        namespace, connection_id = await gateway.upstream_auth.finish(params, browser)
+        namespace, connection_id = await upstream_flow.finish(gateway.upstream_auth, params, browser)
     except SetupFailed as exc:
         return _failed(str(exc))
     try:
