@@ -37,6 +37,7 @@ class ConnectionCredentials:
         self.version = 0
         self.needs_authorization = False  # a person must authorize (again) before anything works
         self.failure: str | None = None  # why authorizing failed last time (not sticky)
+        self.discovery_failed: tuple[float, str] | None = None  # when discovery last failed, why
         self.loaded = False
         self.stored_version: int | None = None  # the token row's version these headers are from
         self.token: str | None = None

@@ -50,6 +50,7 @@ CLIENT_METADATA_PATH = "/oauth/client-metadata.json"
 REFRESH_DEADLINE = 20.0
 LEASE_SECONDS = 60.0
 DISCOVERY_DEADLINE = 30.0
+DISCOVERY_RETRY = 30.0  # a failed discovery is not tried again sooner (each costs several requests)
 BROWSER_COOKIE = "junction_authorize"  # binds an authorization in progress to the browser that began it
 _TOKENS = "oauth-tokens"
 _LINK = "setup-link"
@@ -222,10 +223,15 @@ class UpstreamAuth:
                 outcome = await self._refresh_locked(creds, forced=True)
                 if outcome is not None:
                     return outcome
+            failed = creds.discovery_failed
+            if failed is not None and time.monotonic() - failed[0] < DISCOVERY_RETRY:
+                creds.failure = failed[1]  # it failed moments ago: no new round of requests for it
+                return False
             with anyio.move_on_after(DISCOVERY_DEADLINE) as scope:
                 await self._require(creds, challenge)
             if scope.cancelled_caught:
                 creds.failure = "discovering the upstream's authorization server timed out"
+            creds.discovery_failed = (time.monotonic(), creds.failure) if creds.failure else None
             return False
 
     async def _require(self, creds: ConnectionCredentials, challenge: Challenge) -> None:
