@@ -213,9 +213,10 @@ class Catalog:
                 principal, CALL, "connections", namespace, record.metadata or {}, rpc
             ):
                 continue
+            status = self._directory.shown(record).status  # with a fresh setupUrl
             if state == "auth_required":
-                raise AuthRequired(record.status)
-            raise InputRequired(record.status)
+                raise AuthRequired(status)
+            raise InputRequired(status)
 
     def _lookup(self, namespace: str, name: str) -> Ref | None:
         name_map = self._maps.get(namespace)
