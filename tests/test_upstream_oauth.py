@@ -281,6 +281,19 @@ def test_a_revoked_grant_turns_the_connection_auth_required_again(
         assert _whoami(client, "apps", "remote").status_code == 200
 
 
+def test_an_upstream_that_quotes_its_token_never_shows_it_to_the_caller(
+    gateway, start_oauth_upstream
+) -> None:  # type: ignore[no-untyped-def]
+    upstream = start_oauth_upstream()
+    authorize(_connect(gateway, upstream)["status"]["setupUrl"])
+    with gateway.client() as client:
+        answer = client.post("/apps/remote/.tools/careless", json={})
+    assert answer.status_code == 200 and answer.json()["isError"] is True, answer.text
+    assert answer.json()["content"][0]["text"] == "refused: the token [redacted] may not do that"
+    through_mcp = _mcp(gateway, "apps", "tools/call", {"name": "remote__careless", "arguments": {}})
+    assert through_mcp["result"]["content"][0]["text"] == "refused: the token [redacted] may not do that"
+
+
 def test_an_authorized_connection_survives_a_gateway_restart(start_gateway, start_oauth_upstream) -> None:  # type: ignore[no-untyped-def]
     upstream = start_oauth_upstream()
     gateway = start_gateway()

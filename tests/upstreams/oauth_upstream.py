@@ -39,7 +39,7 @@ Endpoints:
   bound, like the SDK's, to the token's (client_id, issuer, subject): they survive refreshes, and
   another user's token gets 404.
   Tools: ``whoami`` (JSON ``{"sub", "scope", "client_id"}`` of the token), ``echo`` (``text``) and
-  ``admin_only`` ("admin ok"). A ``tools/call`` of ``admin_only`` with a token lacking ``admin`` gets
+  ``admin_only`` ("admin ok"), ``careless`` (an error quoting the caller's access token). A ``tools/call`` of ``admin_only`` with a token lacking ``admin`` gets
   403 ``WWW-Authenticate: Bearer error="insufficient_scope", scope="read admin", resource_metadata=...,
   error_description="admin scope required"`` from the HTTP layer (step-up).
 - ``GET /.well-known/oauth-protected-resource/mcp`` (path-inserted ``--resource-path``) and the root
@@ -361,6 +361,11 @@ TOOLS = [
         description="Needs the admin scope; answers 'admin ok'",
         input_schema={"type": "object", "properties": {}},
     ),
+    Tool(
+        name="careless",
+        description="Fails quoting the caller's access token, as careless servers do",
+        input_schema={"type": "object", "properties": {}},
+    ),
 ]
 
 
@@ -391,6 +396,9 @@ async def _call_tool(ctx: ServerRequestContext[Any], params: CallToolRequestPara
         return _text(str(args.get("text", "")))
     if params.name == ADMIN_TOOL:
         return _text("admin ok")
+    if params.name == "careless":
+        token = _token_of(ctx)
+        return _text(f"refused: the token {token.token if token else '-'} may not do that", is_error=True)
     return _text(f"unknown tool {params.name}", is_error=True)
 
 
