@@ -227,6 +227,7 @@ class UpstreamAuth:
             if failed is not None and time.monotonic() - failed[0] < DISCOVERY_RETRY:
                 creds.failure = failed[1]  # it failed moments ago: no new round of requests for it
                 return False
+            creds.failure = None
             with anyio.move_on_after(DISCOVERY_DEADLINE) as scope:
                 await self._require(creds, challenge)
             if scope.cancelled_caught:
@@ -258,11 +259,12 @@ class UpstreamAuth:
             creds.failure = f"the upstream refused the gateway's credentials and authorizing failed: {exc}"
             log.warning("upstream %s/%s: %s", *creds.key, creds.failure)
             return
-        except (httpx2.HTTPError, OSError) as exc:
+        except Exception as exc:  # unreachable, or answers no client could use
             creds.failure = (
                 "the upstream refused the gateway's credentials and its authorization server could "
-                f"not be reached ({type(exc).__name__})"
+                f"not be used ({type(exc).__name__})"
             )
+            log.warning("upstream %s/%s: %s", *creds.key, creds.failure)
             return
         discovered = {**server.to_json(), "catalog": creds.catalog_server}
         expected = record.version if record is not None else None
