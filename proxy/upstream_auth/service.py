@@ -440,11 +440,15 @@ class UpstreamAuth:
             self._wake = anyio.Event()
             now = time.time()
             try:
-                for key, _version in await self.rows.due(now):
+                # Shielded: a query cancelled half-way (the gateway stopping) leaves an aiosqlite
+                # connection whose close the event loop then waits for forever.
+                with anyio.CancelScope(shield=True):
+                    due = await self.rows.due(now)
+                    next_due = await self.rows.next_due()
+                for key, _version in due:
                     if key not in self._refreshing:
                         self._refreshing.add(key)
                         task_group.start_soon(self._refresh_due, key)
-                next_due = await self.rows.next_due()
             except Exception:
                 log.exception("looking for upstream tokens to refresh failed")
                 next_due = None
