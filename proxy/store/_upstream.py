@@ -3,7 +3,7 @@
 Refresh tokens rotate, so two refreshes of one connection must never run at once, on one instance
 or several: `lease` takes a row for one refresher in a conditional UPDATE (it names the token
 version it saw, so a lease is never taken on tokens someone already replaced), and `save_tokens`
-writes only while that lease is held. Authorization states are single-use: `take_state` deletes
+writes only over the version it names (a refresh ends well within its lease). Authorization states are single-use: `take_state` deletes
 the row and succeeds for exactly one caller.
 """
 
@@ -59,7 +59,6 @@ class UpstreamAuthStore(Protocol):
         key: Key,
         *,
         version: int,
-        owner: str | None,
         sealed: str | None,
         expires_at: float | None,
         refresh_at: float | None,
@@ -200,18 +199,15 @@ class SqlUpstreamAuthStore:
         key: Key,
         *,
         version: int,
-        owner: str | None,
         sealed: str | None,
         expires_at: float | None,
         refresh_at: float | None,
         when: datetime,
     ) -> bool:
-        """Replace the tokens of `version` (under `owner`'s lease, when given); False when the row
-        moved on (another writer was first). The version goes up by one."""
+        """Replace the tokens of `version`, ending any lease; False when the row moved on (another
+        writer was first). The version goes up by one."""
         c = t.upstream_auth.c
         conditions = [_where(key), c.version == version]
-        if owner is not None:
-            conditions.append(c.lease_owner == owner)
         async with self._engine.begin() as conn:
             result = await conn.execute(
                 sa.update(t.upstream_auth)

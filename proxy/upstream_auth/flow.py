@@ -134,7 +134,7 @@ async def finish(auth: UpstreamAuth, params: Mapping[str, str], browser: str | N
             current = await auth.rows.auth(key)
             if current is None:
                 raise SetupFailed("This connection was deleted meanwhile.")
-            if await auth.save(key, current.version, None, tokens):
+            if await auth.save(key, current.version, tokens):
                 break
         await auth.adopt_stored(key)
     log.info("upstream %s/%s authorized by its user", *key)

@@ -341,11 +341,10 @@ class UpstreamAuth:
                 tokens["refresh_at"] = now + lifetime * random.uniform(0.7, 0.8)
         return tokens
 
-    async def save(self, key: Key, version: int, owner: str | None, tokens: dict[str, Any] | None) -> bool:
+    async def save(self, key: Key, version: int, tokens: dict[str, Any] | None) -> bool:
         saved = await self.rows.save_tokens(
             key,
             version=version,
-            owner=owner,
             sealed=self._seal_tokens(key, tokens) if tokens else None,
             expires_at=tokens.get("expires_at") if tokens else None,
             refresh_at=tokens.get("refresh_at") if tokens else None,
@@ -404,7 +403,7 @@ class UpstreamAuth:
                 answer = await oauth.refresh(self.http, server, client, tokens["refresh_token"])
         except InvalidGrant as exc:
             log.warning("upstream %s/%s: refreshing its token failed: %s", *key, exc)
-            await self.save(key, record.version, None, None)
+            await self.save(key, record.version, None)
             await self._load(creds, await self.rows.auth(key))
             return None
         except Exception as exc:
@@ -415,7 +414,7 @@ class UpstreamAuth:
             return False
         fresh = self.tokens_from(answer, tokens)
         # Fenced by the version alone: within the deadline our lease is still ours.
-        if not await self.save(key, record.version, None, fresh):
+        if not await self.save(key, record.version, fresh):
             log.warning("upstream %s/%s: the tokens changed while refreshing them", *key)
         await self._load(creds, await self.rows.auth(key))
         return creds.token is not None
