@@ -205,8 +205,8 @@ class Directory:
         if name is None:
             name = generate_namespace()
         validate_namespace(name)
-        if tool_names is not None and tool_names not in ("auto", "dotted", "safe"):
-            raise ValidationFailed("toolNames must be one of auto, dotted, safe")
+        if tool_names is not None and tool_names not in ("auto", "dotted", "safe", "bare"):
+            raise ValidationFailed("toolNames must be one of auto, dotted, safe, bare")
         record, created = await self._store.create_namespace(name, tool_names or "auto")
         if not created and tool_names is not None and tool_names != record.tool_names:
             await self._store.set_namespace_tool_names(name, tool_names)

@@ -76,8 +76,8 @@ class Settings:
     upstream_refresh_poll: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.tool_names not in ("auto", "dotted", "safe"):
-            raise ConfigError("tool_names must be one of auto, dotted, safe")
+        if self.tool_names not in ("auto", "dotted", "safe", "bare"):
+            raise ConfigError("tool_names must be one of auto, dotted, safe, bare")
         if self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes must be at least 1024")
         if self.max_header_bytes < 1024:

@@ -48,8 +48,8 @@ def _tool_names(body: dict[str, Any]) -> str | None:
     if unknown:
         raise ValidationFailed(f"unknown field(s): {', '.join(unknown)}")
     value = body.get("toolNames")
-    if value is not None and value not in ("auto", "dotted", "safe"):
-        raise ValidationFailed("toolNames must be one of auto, dotted, safe")
+    if value is not None and value not in ("auto", "dotted", "safe", "bare"):
+        raise ValidationFailed("toolNames must be one of auto, dotted, safe, bare")
     return value
 
 

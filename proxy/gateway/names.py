@@ -20,7 +20,7 @@ from typing import Literal
 
 from proxy.errors import Conflict
 
-NameStyle = Literal["dotted", "safe"]
+NameStyle = Literal["dotted", "safe", "bare"]
 SAFE_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 MAX_SAFE = 64
@@ -77,7 +77,7 @@ def choose_style(
     `client_name` is accepted from callers written when it decided; it no longer changes the answer.
     """
     for choice in (requested, namespace_style, default_style):
-        if choice in ("dotted", "safe"):
+        if choice in ("dotted", "safe", "bare"):
             return choice  # type: ignore[return-value]
     return "safe"
 
@@ -124,9 +124,22 @@ class NameMap:
             self._lookup[dotted(*ref)] = ref
         for ref, name in self.safe.items():
             self._lookup.setdefault(name, ref)
+        # A tool's own name, where no other connection of the namespace has a tool of that name:
+        # the `bare` style (a namespace of one connection, as its server itself names things), and
+        # what an MCP App's HTML calls (it knows only its own server's names).
+        owners: dict[str, list[Ref]] = {}
+        for ref in refs:
+            owners.setdefault(ref[1], []).append(ref)
+        self.bare = {group[0]: name for name, group in owners.items() if len(group) == 1}
+        for ref, name in self.bare.items():
+            self._lookup.setdefault(name, ref)
 
     def exposed(self, ref: Ref, style: NameStyle) -> str:
-        return dotted(*ref) if style == "dotted" else self.safe[ref]
+        if style == "dotted":
+            return dotted(*ref)
+        if style == "bare" and ref in self.bare:
+            return self.bare[ref]
+        return self.safe[ref]
 
     def resolve(self, name: str) -> Ref | None:
         return self._lookup.get(name)
