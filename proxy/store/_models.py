@@ -19,6 +19,10 @@ class NamespaceRecord:
     name: str
     created_at: datetime
     tool_names: str = "auto"
+    # How many tools `tools/list` shows (None: the client's default, 0: never limited), and the
+    # exposed or dotted names always shown first when it is limited (proxy/gateway/budget.py).
+    tool_budget: int | None = None
+    curated_tools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

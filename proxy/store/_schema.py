@@ -20,6 +20,8 @@ namespaces = sa.Table(
     sa.Column("name", sa.String(39), primary_key=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("tool_names", sa.String(16), nullable=False, server_default="auto"),
+    sa.Column("tool_budget", sa.Integer, nullable=True),  # added in migration 5
+    sa.Column("curated_tools", sa.JSON, nullable=True),  # added in migration 5
 )
 
 connections = sa.Table(
@@ -172,5 +174,14 @@ MIGRATIONS: list[list[sa.Table | sa.Column[Any]]] = [
         upstream_auth,
         upstream_states,
     ],
+    [
+        # Tool budgets: how many tools `tools/list` shows, and which always (proxy/gateway/budget.py).
+        sa.Column("tool_budget", sa.Integer, nullable=True),
+        sa.Column("curated_tools", sa.JSON, nullable=True),
+    ],
 ]
-ADDED_TO = {"setup": connections}  # the table each added column belongs to
+ADDED_TO = {
+    "setup": connections,
+    "tool_budget": namespaces,
+    "curated_tools": namespaces,
+}  # the table each added column belongs to

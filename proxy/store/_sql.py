@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +46,9 @@ class Store(Protocol):
         self, offset: int, limit: int, names: frozenset[str] | None = None
     ) -> tuple[list[NamespaceRecord], int]: ...
     async def set_namespace_tool_names(self, name: str, tool_names: str) -> None: ...
+    async def set_namespace_budget(
+        self, name: str, tool_budget: int | None, curated: Sequence[str]
+    ) -> None: ...
     async def delete_namespace(self, name: str) -> bool: ...
     async def list_connections(self, namespace: str) -> list[ConnectionRecord]: ...
     async def get_connection(self, namespace: str, connection_id: str) -> ConnectionRecord | None: ...
@@ -73,7 +76,13 @@ class Store(Protocol):
 
 
 def _namespace(row: sa.Row[Any]) -> NamespaceRecord:
-    return NamespaceRecord(name=row.name, created_at=_utc(row.created_at), tool_names=row.tool_names)  # type: ignore[arg-type]
+    return NamespaceRecord(
+        name=row.name,
+        created_at=_utc(row.created_at),  # type: ignore[arg-type]
+        tool_names=row.tool_names,
+        tool_budget=row.tool_budget,
+        curated_tools=tuple(row.curated_tools or ()),
+    )
 
 
 def _connection(row: sa.Row[Any]) -> ConnectionRecord:
@@ -187,6 +196,15 @@ class SqlStore:
         async with self._engine.begin() as conn:
             await conn.execute(
                 sa.update(t.namespaces).where(t.namespaces.c.name == name).values(tool_names=tool_names)
+            )
+
+    async def set_namespace_budget(self, name: str, tool_budget: int | None, curated: Sequence[str]) -> None:
+        """A namespace's tool budget and curated tools (proxy/gateway/budget.py)."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                sa.update(t.namespaces)
+                .where(t.namespaces.c.name == name)
+                .values(tool_budget=tool_budget, curated_tools=list(curated) or None)
             )
 
     async def delete_namespace(self, name: str) -> bool:
