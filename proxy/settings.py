@@ -20,6 +20,18 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# What MCP clients accept (issue 10), matched on the name a client gives itself in `initialize`:
+# Cursor warns above ~40 tools and drops a tool whose server name plus tool name pass 60 characters
+# (we assume the user names the server in 12 or fewer); Windsurf takes 100 tools over all servers
+# together (half of that for us); VS Code 128 per request. `proxy/gateway/budget.py` applies them.
+DEFAULT_TOOL_BUDGETS: tuple[dict[str, Any], ...] = (
+    {"client": "cursor*", "budget": 40, "name_length": 60, "server_name_length": 12},
+    {"client": "*windsurf*", "budget": 50},
+    {"client": "visual studio code*", "budget": 128},
+)
+TOOL_BUDGET_KEYS = frozenset({"client", "budget", "name_length", "server_name_length"})
+MIN_TOOL_BUDGET = 3  # two meta-tools and at least one tool
+MIN_NAME_LENGTH = 24  # a shortened name keeps a few characters and `_` + an 8-character hash
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,7 @@ class Settings:
     stream_keepalive: float = 15.0
     token_sync_interval: float = 2.0
     tool_names: str = "auto"
+    tool_budgets: tuple[dict[str, Any], ...] = DEFAULT_TOOL_BUDGETS
     log_level: str = "info"
     access_log: bool = False
     allow_undecryptable_rows: bool = False
@@ -100,6 +113,26 @@ class Settings:
                 raise ConfigError(f"{name} must be positive")
         self._check_oauth()
         self._check_upstreams()
+        self._check_tool_budgets()
+
+    def _check_tool_budgets(self) -> None:
+        for rule in self.tool_budgets:
+            unknown = set(rule) - TOOL_BUDGET_KEYS
+            if unknown:
+                raise ConfigError(f"tool_budgets: unknown keys {', '.join(sorted(unknown))}")
+            client = rule.get("client")
+            if not isinstance(client, str) or not 1 <= len(client) <= 200:
+                raise ConfigError('each of tool_budgets needs a client pattern like "cursor*"')
+            budget, length = rule.get("budget"), rule.get("name_length")
+            reserve = rule.get("server_name_length", 0)
+            if budget is not None and (type(budget) is not int or budget < MIN_TOOL_BUDGET):
+                raise ConfigError(f"tool_budgets: the budget of {client!r} must be an integer >= 3")
+            if length is not None and (type(length) is not int or not MIN_NAME_LENGTH <= length <= 128):
+                raise ConfigError(f"tool_budgets: the name_length of {client!r} must be 24 to 128")
+            if type(reserve) is not int or not 0 <= reserve <= (length or 128) - MIN_NAME_LENGTH:
+                raise ConfigError(
+                    f"tool_budgets: the server_name_length of {client!r} must leave 24 characters"
+                )
 
     def _check_upstreams(self) -> None:
         names: set[str] = set()
