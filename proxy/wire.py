@@ -157,6 +157,47 @@ def sse_event(data: bytes, event_id: str | None = None) -> bytes:
     return head + b"data: " + data + b"\n\n"
 
 
+class SSEBlocks:
+    """Splits a `text/event-stream` into its raw event blocks as bytes arrive, for a relay that
+    hands each event on unchanged (ids, `retry`, comments and line endings included) but must see
+    it whole first (to clean it of credentials).
+
+    A block ends with the empty line that dispatches it. Bytes are never altered or reordered, so
+    the concatenation of the blocks (and `end()`) is the stream; a final CR is held back until the
+    next chunk says whether it is half of a CRLF. A block longer than `max_block` bytes raises
+    WireError (an unbounded event would make the relay hold it all).
+    """
+
+    __slots__ = ("_buffer", "_line_start", "max_block")
+
+    def __init__(self, max_block: int):
+        self._buffer = b""
+        self._line_start = 0  # where the current (unterminated) line begins in the buffer
+        self.max_block = max_block
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The blocks completed by `chunk`."""
+        buffer = self._buffer + chunk if self._buffer else chunk
+        end = len(buffer) - 1 if buffer.endswith(b"\r") else len(buffer)
+        blocks: list[bytes] = []
+        cut, line_start = 0, self._line_start
+        for match in _LINE_END.finditer(buffer, line_start, end):
+            if match.start() == line_start:  # an empty line: the event before it is complete
+                blocks.append(buffer[cut : match.end()])
+                cut = match.end()
+            line_start = match.end()
+        self._buffer = buffer[cut:]
+        self._line_start = line_start - cut
+        if len(self._buffer) > self.max_block:
+            raise WireError(INTERNAL_ERROR, f"an event of the stream is larger than {self.max_block} bytes")
+        return blocks
+
+    def end(self) -> bytes:
+        """The stream ended: what is left (an unterminated event, which a reader drops)."""
+        rest, self._buffer, self._line_start = self._buffer, b"", 0
+        return rest
+
+
 # --- JSON-RPC messages -------------------------------------------------------------------------
 RequestId = str | int
 
@@ -313,6 +354,30 @@ def session_expired(status: int, body: Message | None) -> bool:
 
 
 # --- headers -----------------------------------------------------------------------------------
+SESSION_HEADER = "mcp-session-id"
+# What a relay hands on to the upstream of a client's request: the transport's headers and the
+# 2026-07-28 envelope, `Mcp-Param-*` included (intermediaries MUST forward those they do not
+# know). Never the client's own credentials (`Authorization` is ours), cookies or `Origin`.
+_RELAYED_REQUEST = frozenset(
+    {"accept", "content-type", "mcp-protocol-version", "mcp-method", "mcp-name", "last-event-id"}
+)
+_RELAYED_REQUEST_PREFIX = "mcp-param-"
+# What a relay hands back of the upstream's answer (the session id is mapped apart).
+_RELAYED_RESPONSE = frozenset(
+    {"content-type", "mcp-protocol-version", "cache-control", "x-accel-buffering", "retry-after", "allow"}
+)
+
+
+def relayed_request_header(name: str) -> bool:
+    """Does a relay forward this request header (lower-case name) to the upstream?"""
+    return name in _RELAYED_REQUEST or name.startswith(_RELAYED_REQUEST_PREFIX)
+
+
+def relayed_response_header(name: str) -> bool:
+    """Does a relay hand this response header (lower-case name) back to the client?"""
+    return name in _RELAYED_RESPONSE
+
+
 def encode_header(value: str) -> str:
     """A header-safe form of `value`: itself when plain printable ASCII, else `=?base64?...?=`."""
     if value.isascii() and value.isprintable() and value == value.strip():

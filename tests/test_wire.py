@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy import wire
-from proxy.wire import Notification, Request, Response, SSEEvent, SSEParser, WireError
+from proxy.wire import Notification, Request, Response, SSEBlocks, SSEEvent, SSEParser, WireError
 
 
 def parse_all(data: bytes, *, split: int | None = None) -> list[SSEEvent]:
@@ -255,3 +255,58 @@ def test_era_shaping() -> None:
         "cacheScope": "private",
         "_meta": {wire.META_SERVER_INFO: {"name": "mcp-junction"}},
     }
+
+
+# --- relaying event streams unchanged ----------------------------------------------------------
+RELAYED_STREAM = (
+    b"\xef\xbb\xbf: keep-alive\n\n"
+    b"id: 1\r\nretry: 500\r\ndata: \r\n\r\n"
+    b'event: message\rid: 2\rdata: {"a":\r\r'
+    b"data: one\ndata: two\n\n"
+    b"data: unterminated"
+)
+
+
+def test_sse_blocks_split_a_stream_into_its_events_whatever_the_chunking() -> None:
+    expected = [
+        b"\xef\xbb\xbf: keep-alive\n\n",
+        b"id: 1\r\nretry: 500\r\ndata: \r\n\r\n",
+        b'event: message\rid: 2\rdata: {"a":\r\r',
+        b"data: one\ndata: two\n\n",
+    ]
+    for split in range(len(RELAYED_STREAM) + 1):
+        blocks = SSEBlocks(1024)
+        found = blocks.feed(RELAYED_STREAM[:split]) + blocks.feed(RELAYED_STREAM[split:])
+        assert found == expected, split
+        assert blocks.end() == b"data: unterminated"
+    bytewise = SSEBlocks(1024)
+    found = [block for i in range(len(RELAYED_STREAM)) for block in bytewise.feed(RELAYED_STREAM[i : i + 1])]
+    assert found == expected
+    assert b"".join(found) + bytewise.end() == RELAYED_STREAM  # not one byte changed
+
+
+def test_sse_blocks_hold_a_final_cr_until_they_know_it_is_not_half_of_crlf() -> None:
+    blocks = SSEBlocks(1024)
+    assert blocks.feed(b"data: x\r\n\r") == []
+    assert blocks.feed(b"\n") == [b"data: x\r\n\r\n"]
+    assert blocks.feed(b"data: y\r\r") == []
+    assert blocks.feed(b"data: z\n\n") == [b"data: y\r\r", b"data: z\n\n"]
+
+
+def test_sse_blocks_refuse_an_event_larger_than_the_limit() -> None:
+    blocks = SSEBlocks(16)
+    assert blocks.feed(b"data: 0123456789\n\n") == [b"data: 0123456789\n\n"]  # whole events pass
+    with pytest.raises(WireError):
+        blocks.feed(b"data: " + b"x" * 20)
+
+
+def test_relays_forward_transport_headers_and_never_the_clients_credentials() -> None:
+    for name in ("accept", "content-type", "mcp-protocol-version", "last-event-id", "mcp-method"):
+        assert wire.relayed_request_header(name)
+    assert wire.relayed_request_header("mcp-param-region")
+    for name in ("authorization", "cookie", "origin", "host", "mcp-session-id", "x-api-key"):
+        assert not wire.relayed_request_header(name)
+    assert wire.relayed_response_header("content-type") and wire.relayed_response_header("allow")
+    assert not wire.relayed_response_header("set-cookie")
+    assert not wire.relayed_response_header("www-authenticate")  # the upstream's auth is ours
+    assert not wire.relayed_response_header(wire.SESSION_HEADER)  # mapped, never copied
