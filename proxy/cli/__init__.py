@@ -10,6 +10,7 @@ import click
 
 from proxy import __version__
 from proxy.cli._auth import auth
+from proxy.cli._bridge import bridge
 from proxy.cli._connections import mcp
 from proxy.cli._errors import CliError
 from proxy.cli._grants import grants
@@ -54,7 +55,7 @@ def serve(host: str | None, port: int | None, config_file: str | None) -> None:
 
 
 auth.add_command(mint_token)
-for group in (auth, keys, tokens, grants, namespace, mcp, tool):
+for group in (auth, keys, tokens, grants, namespace, mcp, tool, bridge):
     cli.add_command(group)
 
 
