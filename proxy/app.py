@@ -47,6 +47,7 @@ from proxy.gateway.endpoint import NAMESPACE_KEY, RPC_KEY, build_namespace_serve
 from proxy.gateway.fastpath import ToolCallFastPath
 from proxy.gateway.passthrough import Passthrough
 from proxy.gateway.passthrough import error_response as rpc_error_response
+from proxy.gateway.relay import Relay
 from proxy.httpserver import GatewayHttpProtocol
 from proxy.oauth_server import AuthorizationServer
 from proxy.oauth_server import endpoints as oauth
@@ -179,24 +180,18 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def connection_mcp(request: Request) -> Response:
-    """`/mcp/{ns}/{id}` and `POST /connect/{ns}/{id}/mcp`: stateless passthrough to one upstream."""
-    if request.method != "POST":
-        exc = MethodNotAllowed(
-            "this endpoint is stateless: POST JSON-RPC messages, no GET stream or DELETE",
-            headers={"allow": "POST"},
-        )
-        return rpc_error_response(None, exc)
+    """`/mcp/{ns}/{id}` and `/connect/{ns}/{id}/mcp`: one connection, relayed or translated."""
     gw = gateway(request)
     namespace = request.path_params["namespace"]
     try:
         record = await gw.directory.connection(namespace, request.path_params["connection"])
-        body = await read_body(request, gw.settings.max_body_bytes)
+        body = await read_body(request, gw.settings.max_body_bytes) if request.method == "POST" else b""
         caller = principal(request)
         if not caller.admin:
             require_mcp(caller, _message(body), namespace, record.metadata or {}, record.connection_id)
     except JunctionError as exc:
         return rpc_error_response(None, exc)
-    return await gw.passthrough.handle(request, body, gw.directory.upstream_for(record))
+    return await gw.passthrough.handle(request, body, gw.directory.upstream_for(record), caller)
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -377,7 +372,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 pool=pool,
                 directory=directory,
                 catalog=catalog,
-                passthrough=Passthrough(),
+                passthrough=Passthrough(Relay(settings, directory, tg)),
                 session_manager=manager,
                 fast_path=ToolCallFastPath(manager, catalog, directory, settings),
             )

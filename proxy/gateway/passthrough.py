@@ -1,11 +1,16 @@
-"""Per-connection MCP endpoint (`/mcp/{ns}/{id}`, `POST /connect/{ns}/{id}/mcp`): stateless.
+"""Per-connection MCP endpoint (`/mcp/{ns}/{id}`, `/connect/{ns}/{id}/mcp`): which client gets what.
 
-A small JSON-RPC forwarder over the connection's shared upstream session. It accepts calls
-without `initialize`, ignores any `mcp-session-id` (the Smithery SDK sends
-`smithery-stateless`), answers 202 to notifications and 405 to GET/DELETE. It advertises only
-what it delivers: tools, resources and prompts to read and list, completions; no subscriptions
-and no `listChanged` (it keeps no stream to announce changes on). 2026-07-28 requests are checked
-as the namespace endpoint checks them, and every rule comes from `proxy.wire`.
+- A legacy client that sends `initialize` to a Streamable HTTP upstream gets its own upstream
+  session, relayed as it is (`proxy.gateway.relay`): sessions, GET streams, subscriptions and
+  server-to-client requests work as against the upstream itself. Its later requests carry the
+  `Mcp-Session-Id` we minted; one we no longer know gets 404, so the client initializes again.
+- A 2026-07-28 request to a 2026-07-28 upstream is relayed as it is, request by request.
+- Everything else (calls without `initialize`, such as the Smithery SDK's with
+  `mcp-session-id: smithery-stateless`; an HTTP+SSE upstream; a 2026-07-28 client of a legacy
+  upstream) is translated here over the connection's shared upstream session: a small stateless
+  JSON-RPC forwarder that answers `initialize` itself, 202 to notifications and 405 to GET and
+  DELETE, and advertises only what it delivers (tools, resources and prompts to read and list,
+  completions; no subscriptions and no `listChanged`). Every rule comes from `proxy.wire`.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from proxy import __version__, wire
-from proxy.errors import JunctionError, NotFound, UpstreamError
+from proxy.auth.policy import Principal
+from proxy.errors import JunctionError, MethodNotAllowed, NotFound, UpstreamError
+from proxy.gateway.relay import Relay
 from proxy.upstream.pool import UpstreamSession
 
 _FORWARDED: dict[str, type[BaseModel]] = {
@@ -55,18 +62,69 @@ def error_response(id_: Any, exc: JunctionError) -> Response:
     return rpc_error(id_, exc.jsonrpc_code, exc.message, exc.status, exc.data, headers=exc.headers)
 
 
-class Passthrough:
-    """Answers JSON-RPC requests for one connection's upstream session."""
+def session_owner(caller: Principal) -> str:
+    """Who a relayed session belongs to: the credential, or for OAuth its grant (a session
+    outlives the hourly refresh of an access token), as on the namespace endpoint."""
+    if caller.kind == "oauth" and len(caller.token_ids) >= 2:
+        return caller.token_ids[-2]
+    return f"{caller.kind}:{caller.id}"
 
-    async def handle(self, request: Request, body: bytes, session: UpstreamSession) -> Response:
+
+class Passthrough:
+    """Answers one connection's MCP requests: relayed, or translated over the shared session."""
+
+    def __init__(self, relay: Relay | None = None):
+        self.relay = relay
+
+    async def handle(
+        self, request: Request, body: bytes, session: UpstreamSession, caller: Principal
+    ) -> Response:
+        """Any request of the endpoint (POST, GET, DELETE), already authorized for `caller`."""
+        try:
+            return await self._route(request, body, session, caller)
+        except JunctionError as exc:
+            return error_response(None, exc)
+
+    async def _route(
+        self, request: Request, body: bytes, session: UpstreamSession, caller: Principal
+    ) -> Response:
+        version = request.headers.get("mcp-protocol-version", "")
+        modern = version not in ("", *wire.HANDSHAKE_VERSIONS)
+        session_id = request.headers.get(wire.SESSION_HEADER)
+        relay = self.relay
+        if relay is not None and not modern and session_id and relay.owns(session_id):
+            relayed = relay.session(session_id, session.key, session_owner(caller))
+            if request.method == "POST":
+                # One well-formed message, as the policy that let it in read it: the upstream
+                # must not act on what that check could not see.
+                try:
+                    wire.decode(body, strict=True)
+                except wire.WireError as exc:
+                    return rpc_error(None, exc.code, exc.message, 400)
+            return await relay.exchange(request, body, session, relayed)
+        if request.method != "POST":
+            raise MethodNotAllowed(
+                "this endpoint streams only within a session: initialize first (or POST JSON-RPC "
+                "messages without a session; then there is no GET stream or DELETE)",
+                headers={"allow": "POST"},
+            )
         try:
             message = wire.decode(body, strict=True)
         except wire.WireError as exc:
             return rpc_error(None, exc.code, exc.message, 400)
+        if relay is not None and isinstance(message, wire.Request):
+            if modern and await _modern_upstream(session):
+                return await relay.forward(request, body, session)
+            if not modern and message.method == "initialize" and await _streamable(session):
+                return await relay.initialize(request, body, session, session_owner(caller))
+        return await self._translate(request, message, session, version, modern)
+
+    async def _translate(
+        self, request: Request, message: wire.Message, session: UpstreamSession, version: str, modern: bool
+    ) -> Response:
+        """The stateless answer over the connection's shared upstream session."""
         if not isinstance(message, wire.Request):
             return Response(status_code=202)  # a notification or a response: nothing to answer
-        version = request.headers.get("mcp-protocol-version", "")
-        modern = version not in ("", *wire.HANDSHAKE_VERSIONS)
         if modern:
             problem = wire.check_modern_request(
                 message, version, request.headers.get("mcp-method"), request.headers.get("mcp-name")
@@ -194,3 +252,15 @@ class Passthrough:
             "capabilities": await self._capabilities(session),
             "serverInfo": self._server_info(session),
         }
+
+
+async def _modern_upstream(session: UpstreamSession) -> bool:
+    """Does the upstream speak 2026-07-28 (connecting first, when needed, to find out)?"""
+    await session.client()
+    return session.protocol_version in wire.MODERN_VERSIONS
+
+
+async def _streamable(session: UpstreamSession) -> bool:
+    """Is the upstream reached over Streamable HTTP (HTTP+SSE sessions are not relayed)?"""
+    await session.client()
+    return session.transport == "streamable"

@@ -687,6 +687,12 @@ class UpstreamSession:
 
         return await self._with_retry(send, self.config.list_timeout, method)
 
+    @property
+    def transport(self) -> str | None:
+        """How the upstream was last reached: "streamable" (HTTP), "sse" (HTTP+SSE), or None
+        before the first connection (read-only; the per-connection relay asks)."""
+        return self._transport_hint
+
 
 class ConnectionPool:
     """All upstream sessions of this gateway instance."""
