@@ -31,6 +31,7 @@ from proxy.store import ConnectionRecord, NamespaceRecord, Store
 from proxy.upstream import ConnectionPool, UpstreamConfig
 from proxy.upstream.pool import UpstreamSession
 from proxy.upstream.ssrf import validate_url_syntax
+from proxy.upstream.stdio import MAX_ENV, STDIO_FIELDS, StdioInput, StdioSpec, parse_stdio_input
 from proxy.upstream_auth import UpstreamAuth
 from proxy.upstream_auth import config as server_config
 from proxy.vault import Vault, VaultError
@@ -42,6 +43,15 @@ TIMEOUT_KEYS = {"connect": "connect_timeout", "list": "list_timeout", "call": "c
 UNDECRYPTABLE = (
     "the stored headers of this connection cannot be decrypted with the configured master key; "
     "PUT new headers to replace them, or restart with the key that sealed them"
+)
+# stdio connections (proxy/upstream/stdio.py): their spec is in `setup["stdio"]`, env sealed there.
+UNDECRYPTABLE_ENV = (
+    "the stored env of this connection cannot be decrypted with the configured master key; "
+    "PUT new env values to replace them, or restart with the key that sealed them"
+)
+STDIO_OFF = (
+    "this gateway does not run stdio upstreams; an administrator may set allow_stdio_upstreams "
+    "to run this connection's command"
 )
 
 
@@ -58,12 +68,14 @@ class ConnectionInput:
     server: str | None = None
     return_url: str | None = None
     setup: dict[str, Any] | None = None  # resolved from `server` and the upstream, not the body
+    stdio: StdioInput | None = None  # `transport: "stdio"`: a program the gateway runs
 
 
 def parse_connection_input(body: Mapping[str, Any]) -> ConnectionInput:
     """Validate the JSON body of POST/PUT connection requests."""
     known = {
         "mcpUrl", "name", "metadata", "headers", "connectionId", "timeouts", "transport", "server", "returnUrl",
+        *STDIO_FIELDS,
     }  # fmt: skip
     unknown = sorted(set(body) - known)
     if unknown:
@@ -82,8 +94,19 @@ def parse_connection_input(body: Mapping[str, Any]) -> ConnectionInput:
             or any(c <= " " or c == "\x7f" for c in return_url)
         ):
             raise ValidationFailed("returnUrl must be an http(s) URL of at most 2048 characters")
-    if body.get("transport") not in (None, "http"):
-        raise ValidationFailed("only transport 'http' is supported")
+    transport = body.get("transport")
+    if transport not in (None, "http", "stdio"):
+        raise ValidationFailed("transport must be 'http' or 'stdio'")
+    stdio = None
+    if transport == "stdio" or any(k in body for k in STDIO_FIELDS):
+        if transport == "http":
+            raise ValidationFailed(
+                f"{', '.join(k for k in STDIO_FIELDS if k in body)}: only for transport 'stdio'"
+            )
+        clash = [k for k in ("mcpUrl", "headers", "server", "returnUrl") if body.get(k) is not None]
+        if clash:
+            raise ValidationFailed(f"{', '.join(clash)}: not for transport 'stdio' (a stdio server gets env)")
+        stdio = parse_stdio_input(body)
     url = body.get("mcpUrl")
     if url is not None:
         if isinstance(url, str) and any(c <= " " or c == "\x7f" for c in url):
@@ -133,6 +156,7 @@ def parse_connection_input(body: Mapping[str, Any]) -> ConnectionInput:
         timeouts={k: float(v) for k, v in timeouts.items()} if timeouts else None,
         server=server,
         return_url=return_url,
+        stdio=stdio,
     )
 
 
@@ -270,6 +294,13 @@ class Directory:
             return replace(record, status={"state": "error", "message": UNDECRYPTABLE})
         if record.status.get("message") == UNDECRYPTABLE:  # stored under another key, opens now
             return replace(record, status={"state": "connected"})
+        stdio = (record.setup or {}).get("stdio")
+        if stdio is not None:
+            problem = self._stdio_problem(record)
+            if problem:
+                return replace(record, status={"state": "error", "message": problem})
+            if record.status.get("message") in (UNDECRYPTABLE_ENV, STDIO_OFF):
+                return replace(record, status={"state": "connected"})
         return record
 
     async def connections(self, namespace: str) -> list[ConnectionRecord]:
@@ -328,6 +359,10 @@ class Directory:
     async def _resolved(self, data: ConnectionInput) -> ConnectionInput:
         """A new connection's URL and setup: from the catalog (`server`), with the config schema
         of the catalog or of the upstream's `/.well-known/mcp-config`."""
+        if data.stdio is not None:
+            if data.stdio.command is None:
+                raise ValidationFailed("command is required to create a stdio connection")
+            return replace(data, mcp_url=f"stdio:{data.stdio.command}")
         url, setup = data.mcp_url, dict(data.setup or {})
         if data.server is not None:
             entry = self._settings.server(data.server)
@@ -381,6 +416,8 @@ class Directory:
             setup=data.setup,
         )
         record = self._with_headers(record, {k: v for k, v in (data.headers or {}).items() if v is not None})
+        if data.stdio is not None:
+            record = self._with_stdio(record, data.stdio)
         return await self._save(record)
 
     async def upsert_connection(
@@ -399,6 +436,14 @@ class Directory:
         if connection_id not in await self._loaded(namespace):
             return await self._create_locked(namespace, connection_id, data), True
         current = await self.connection(namespace, connection_id)
+        is_stdio = (current.setup or {}).get("stdio") is not None
+        if (data.stdio is not None) != is_stdio and (data.stdio is not None or data.mcp_url is not None):
+            raise Conflict(
+                f"connection {connection_id!r} uses transport {'stdio' if is_stdio else 'http'}; "
+                "delete it first to change its transport"
+            )
+        if is_stdio and (data.headers is not None or data.server is not None):
+            raise ValidationFailed("a stdio connection has no headers or server; give its program env")
         if data.mcp_url is not None and data.mcp_url != current.mcp_url:
             settling = current.status.get("state") == "input_required"
             if not (settling and server_config.same_target(current.mcp_url, data.mcp_url)):
@@ -429,6 +474,8 @@ class Directory:
                 if value is not None:
                     headers[key] = value
             record = self._with_headers(record, headers)
+        if data.stdio is not None:
+            record = self._with_stdio(record, data.stdio)
         return await self._save(record), False
 
     async def delete_connection(self, namespace: str, connection_id: str) -> None:
@@ -459,6 +506,19 @@ class Directory:
         s = self._settings
         key = (record.namespace, record.connection_id)
         timeouts = record.timeouts or {}
+        stored = (record.setup or {}).get("stdio")
+        if stored is not None:
+            env = self._stdio_env(record)
+            LOG_REDACTION.remember(key, Redactor.for_headers(env))
+            return UpstreamConfig(
+                url=record.mcp_url,
+                connect_timeout=timeouts.get("connect", s.connect_timeout),
+                list_timeout=timeouts.get("list", s.list_timeout),
+                call_timeout=timeouts.get("call", s.call_timeout),
+                unusable=self._stdio_problem(record),
+                incarnation=_incarnation(record),
+                stdio=StdioSpec(stored["command"], tuple(stored.get("args") or ()), env, stored.get("cwd")),
+            )
         try:
             headers, unusable = self._open_headers(record), ""
         except VaultError:
@@ -529,6 +589,55 @@ class Directory:
         record = self._connections.get(key[0], {}).get(key[1])
         if record is not None:
             await self.upstream_for(record).block(problem)
+
+    # stdio connections: what to run is in `setup["stdio"]`, its env sealed like headers
+    def _stdio_problem(self, record: ConnectionRecord) -> str:
+        """Why a stdio connection's program must not be started ("" when it may)."""
+        if not self._settings.allow_stdio_upstreams:
+            return STDIO_OFF
+        sealed = ((record.setup or {}).get("stdio") or {}).get("envSealed")
+        if sealed and not self._vault.opens(
+            sealed, namespace=record.namespace, connection_id=record.connection_id, field="env"
+        ):
+            return UNDECRYPTABLE_ENV
+        return ""
+
+    def _stdio_env(self, record: ConnectionRecord) -> dict[str, str]:
+        """The plaintext env of a stdio connection, or none when the vault cannot open it."""
+        sealed = ((record.setup or {}).get("stdio") or {}).get("envSealed")
+        if not sealed:
+            return {}
+        try:
+            return self._vault.open(
+                sealed, namespace=record.namespace, connection_id=record.connection_id, field="env"
+            )
+        except VaultError:
+            return {}
+
+    def _with_stdio(self, record: ConnectionRecord, change: StdioInput) -> ConnectionRecord:
+        """`record` running what `change` says: command, args and cwd replaced where given, env
+        merged (a null value removes a variable), values sealed and only the names in the clear."""
+        current = (record.setup or {}).get("stdio") or {}
+        env = self._stdio_env(record)
+        for name, value in (change.env or {}).items():
+            env.pop(name, None)
+            if value is not None:
+                env[name] = value
+        if len(env) > MAX_ENV:
+            raise ValidationFailed(f"a stdio connection may have at most {MAX_ENV} env variables")
+        command = change.command or current["command"]
+        spec: dict[str, Any] = {
+            "command": command,
+            "args": list(change.args if change.args is not None else current.get("args") or []),
+            "envNames": sorted(env),
+        }
+        if cwd := change.cwd or current.get("cwd"):
+            spec["cwd"] = cwd
+        if env:
+            spec["envSealed"] = self._vault.seal(
+                env, namespace=record.namespace, connection_id=record.connection_id, field="env"
+            )
+        return replace(record, mcp_url=f"stdio:{command}", setup={**(record.setup or {}), "stdio": spec})
 
     def _headers(self, record: ConnectionRecord) -> dict[str, str]:
         """The plaintext headers, or none when the vault cannot open them (new ones replace them)."""

@@ -46,6 +46,8 @@ class Settings:
     admin_key: str = field(default="", repr=False)
     master_key: str = field(default="", repr=False)
     allow_private_upstreams: bool = False
+    # Connections with `transport: "stdio"` run programs on this host (admin API keys only).
+    allow_stdio_upstreams: bool = False
     max_body_bytes: int = 4 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
     allowed_origins: tuple[str, ...] = ()

@@ -11,17 +11,22 @@ from proxy.api._http import gateway, int_param, iso, json_response, principal, r
 from proxy.auth.policy import Principal, allows, require
 from proxy.directory import ConnectionInput, parse_connection_input
 from proxy.errors import Forbidden, NotFound, ValidationFailed
+from proxy.settings import Settings
 from proxy.store import ConnectionRecord
+from proxy.upstream.stdio import StdioDisabled
 
 
 def connection_json(record: ConnectionRecord) -> dict[str, Any]:
-    """The public shape of a connection: credentials are named, never shown."""
+    """The public shape of a connection: credentials are named, never shown. A stdio connection
+    has no URL (`mcpUrl` null, as Smithery's uplink connections) and shows what it runs."""
+    stdio = (record.setup or {}).get("stdio")
     return {
         "connectionId": record.connection_id,
         "name": record.name,
-        "mcpUrl": record.mcp_url,
+        "mcpUrl": None if stdio else record.mcp_url,
         "metadata": record.metadata,
-        "transport": "http",
+        "transport": "stdio" if stdio else "http",
+        **(_stdio_json(stdio) if stdio else {}),
         "createdAt": iso(record.created_at),
         "updatedAt": iso(record.updated_at),
         "status": record.status or {"state": "connected"},
@@ -29,6 +34,18 @@ def connection_json(record: ConnectionRecord) -> dict[str, Any]:
         "headerNames": list(record.header_names),
         **({"timeouts": record.timeouts} if record.timeouts else {}),
     }
+
+
+def _stdio_json(stdio: dict[str, Any]) -> dict[str, Any]:
+    """What a stdio connection runs; env values are write-only (names only, like headers)."""
+    shown = {
+        "command": stdio["command"],
+        "args": list(stdio.get("args") or []),
+        "envNames": stdio.get("envNames") or [],
+    }
+    if stdio.get("cwd"):
+        shown["cwd"] = stdio["cwd"]
+    return shown
 
 
 def metadata_filters(request: Request) -> dict[str, str]:
@@ -76,6 +93,7 @@ async def create_connection(request: Request) -> Response:
     body = await read_json_object(request)
     data = parse_connection_input(body)
     _require_writable(principal(request), namespace, data.metadata or {})
+    _require_stdio_allowed(principal(request), gateway(request).settings, data)
     directory = gateway(request).directory
     await directory.namespace(namespace)
     record = await directory.create_connection(namespace, body.get("connectionId"), data)
@@ -110,6 +128,7 @@ async def put_connection(request: Request) -> Response:
     data = parse_connection_input(body)
     directory = gateway(request).directory
     caller = principal(request)
+    _require_stdio_allowed(caller, gateway(request).settings, data)
     try:
         current = await directory.connection(namespace, connection_id)
     except NotFound:
@@ -150,3 +169,17 @@ def _require_writable(caller: Principal, namespace: str, metadata: dict[str, Any
         raise Forbidden(
             f"this credential may not write connections with this metadata in namespace {namespace!r}"
         )
+
+
+def _require_stdio_allowed(caller: Principal, settings: Settings, data: ConnectionInput) -> None:
+    """Only an admin API key may say what program a stdio connection runs (a service token may
+    not, whatever its scopes), and only on a gateway that runs them."""
+    if data.stdio is None:
+        return
+    if not settings.allow_stdio_upstreams:
+        raise StdioDisabled(
+            "this gateway does not run stdio upstreams; an administrator may set allow_stdio_upstreams "
+            "(JUNCTION_ALLOW_STDIO_UPSTREAMS=1) to allow them"
+        )
+    if not caller.admin:
+        raise Forbidden("only an admin API key may create or change a stdio connection (it runs a program)")

@@ -56,6 +56,7 @@ from proxy.upstream.fastlane import (
     UpstreamRpcError,
 )
 from proxy.upstream.ssrf import check_upstream_url, resolve_checked
+from proxy.upstream.stdio import StdioProcess, StdioSpec
 from proxy.upstream.toollist import ToolList
 
 log = logging.getLogger("junction.upstream")
@@ -87,6 +88,8 @@ class UpstreamConfig:
     # connection with the same id: for the credentials hook.
     catalog_server: str | None = None
     incarnation: str = ""
+    # A local program instead of a URL (proxy/upstream/stdio.py); `url` is then a pseudo-URL.
+    stdio: StdioSpec | None = None
 
 
 @dataclass
@@ -110,6 +113,7 @@ class UpstreamSession:
         self.credentials: Credentials = pool.credentials_for(key, config)
         # Text from the upstream is cleaned of the credentials it was sent before it goes anywhere.
         self._redactor = Redactor.for_headers(config.headers)
+        self._stdio = StdioProcess(key, config.stdio) if config.stdio is not None else None
         self._redactor_for: int | None = None
         self._live: _Live | None = None
         self._connect_lock = anyio.Lock()
@@ -143,7 +147,10 @@ class UpstreamSession:
         headers and the current OAuth token (rebuilt when the credentials change)."""
         version = self.credentials.version
         if self._redactor_for != version:
-            self._redactor = Redactor.for_headers({**self.config.headers, **self.credentials.headers()})
+            stdio_env = self.config.stdio.env if self.config.stdio is not None else {}
+            self._redactor = Redactor.for_headers(
+                {**self.config.headers, **self.credentials.headers(), **stdio_env}
+            )
             self._redactor_for = version
         return self._redactor
 
@@ -199,7 +206,8 @@ class UpstreamSession:
         """Open a session; failures become the status and the error callers see."""
         try:
             with anyio.fail_after(self.config.connect_timeout):
-                await check_upstream_url(self.config.url, self._pool.allow_private)
+                if self._stdio is None:
+                    await check_upstream_url(self.config.url, self._pool.allow_private)
                 self._live = await self._open()
                 return self._live
         except Exception as exc:
@@ -311,6 +319,11 @@ class UpstreamSession:
 
     async def _reachable(self) -> bool:
         """Does the upstream accept a TCP connection (at an address the SSRF policy allows)?"""
+        if self._stdio is not None:
+            # A program, not a port: an exit ends the session (restarted after the backoff);
+            # otherwise it is running, or one can be started.
+            await self._stdio_exited()
+            return True
         parts = urlsplit(self.config.url)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -323,7 +336,29 @@ class UpstreamSession:
         await stream.aclose()
         return True
 
+    # stdio upstreams (proxy/upstream/stdio.py)
+    def _stdio_exit_seen(self) -> None:
+        """The program's stderr ended: it may have exited (told from its own reader)."""
+        self._pool.task_group.start_soon(self._stdio_exited)
+
+    async def _stdio_exited(self) -> None:
+        """The program ended by itself: the session is over, the status says how it ended, and
+        the watcher (or the next call) restarts it after a backoff that grows with each quick
+        exit in a row."""
+        ended = self._stdio.take_exit() if self._stdio is not None else None
+        if ended is None:
+            return
+        message, crashes = ended
+        live = self._live
+        if live is not None:
+            live.error = UpstreamUnavailable(message)
+            self._forget(live.client)
+        self._failures = crashes
+        await self._failed(message)
+
     def _transports(self) -> list[str]:
+        if self._stdio is not None:
+            return ["stdio"]
         if self._transport_hint:
             return [self._transport_hint]
         path = urlsplit(self.config.url).path.rstrip("/")
@@ -360,7 +395,10 @@ class UpstreamSession:
         state = WireState()
         try:
             async with AsyncExitStack() as stack:
-                if kind == "sse":
+                if kind == "stdio" and self._stdio is not None:  # a local program: no fast lane
+                    transport: Any = self._stdio.transport(self._stdio_exit_seen)
+                    mode = "auto"
+                elif kind == "sse":
                     c = self.config
                     auth = CredentialsAuth(self.credentials)
                     transport = sse_client(
@@ -544,7 +582,9 @@ class UpstreamSession:
                 if attempt == 1 and ended is not None and never_sent(ended):
                     continue
                 message = (
-                    describe_failure(ended) if ended is not None else "the upstream closed the connection"
+                    (ended.message if isinstance(ended, JunctionError) else describe_failure(ended))
+                    if ended is not None
+                    else "the upstream closed the connection"
                 )
                 await self._failed(message, unreachable=ended is not None and never_sent(ended))
                 raise UpstreamUnavailable(message) from exc

@@ -24,6 +24,13 @@ run from the repository root; it serves on 127.0.0.1:PORT until SIGTERM. Kinds:
   ``x-api-key`` header, ``region`` query parameter and ``Authorization`` header, each ``null`` when
   absent) and ``echo``. It serves requests without any configuration too.
 
+- ``process`` (for stdio) tools about the process itself: ``echo``, ``env`` (the value of the
+  environment variable ``name``, or ``null``), ``pid``, ``stderr`` (writes ``text`` as a line to
+  stderr) and ``exit`` (ends the process with exit code ``code``, without answering).
+
+``--stdio`` serves the kind's tools over stdio instead of HTTP (``--port`` is then not needed),
+after writing ``test-KIND stdio server pid PID`` to stderr; the gateway's stdio upstreams run it.
+
 ``--echo-auth-errors WHERE`` (Streamable HTTP kinds) makes the server fail the way careless
 servers do, quoting the request's ``Authorization`` header back: ``initialize`` answers every
 request with a JSON-RPC error (so no session starts), ``call`` answers ``tools/call`` with one,
@@ -36,6 +43,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +69,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-KINDS = ("modern", "legacy", "sse", "dotted", "slow", "paged", "config")
+KINDS = ("modern", "legacy", "sse", "dotted", "slow", "paged", "config", "process")
 ECHO_AUTH_ERRORS = ("initialize", "call", "http", "http-json")
 # The protocol revisions a 2025-era server knows (all of them negotiated through `initialize`).
 HANDSHAKE_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
@@ -177,6 +186,25 @@ async def _create_issue(ctx: ServerRequestContext[Any], args: Args) -> CallToolR
     return _text(f"created:{title}", structured={"created": title})
 
 
+async def _env(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+    value = os.environ.get(str(args.get("name", "")))
+    return _text(json.dumps(value), structured={"value": value})
+
+
+async def _pid(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+    return _text(str(os.getpid()), structured={"pid": os.getpid()})
+
+
+async def _stderr(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+    print(str(args.get("text", "")), file=sys.stderr, flush=True)
+    return _text("written")
+
+
+async def _exit(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+    sys.stderr.flush()
+    os._exit(int(args.get("code", 0)))
+
+
 # --- tool sets -----------------------------------------------------------------------------------
 
 ECHO = _spec("echo", "Echo the text back", _echo, _schema(text="string"))
@@ -236,6 +264,18 @@ CONFIG = [
     ),
     ECHO,
 ]
+PROCESS = [
+    ECHO,
+    _spec(
+        "env",
+        "The value of an environment variable of this process (JSON, null when unset)",
+        _env,
+        _schema(name="string"),
+    ),
+    _spec("pid", "This process's id", _pid, _schema()),
+    _spec("stderr", "Write text as a line to this process's stderr", _stderr, _schema(text="string")),
+    _spec("exit", "End this process with an exit code, without answering", _exit, _schema(code="number")),
+]
 PAGED = [_spec(f"t{i:02d}", f"Paged tool {i}", _constant(f"t{i:02d}"), _schema()) for i in range(25)]
 TOOLS: dict[str, list[ToolSpec]] = {
     "modern": STANDARD,
@@ -245,6 +285,7 @@ TOOLS: dict[str, list[ToolSpec]] = {
     "slow": [ECHO, SLEEP, CANCELLATIONS],
     "paged": PAGED,
     "config": CONFIG,
+    "process": PROCESS,
 }
 # The `config` kind's configuration: a JSON Schema (draft-07) served at /.well-known/mcp-config.
 CONFIG_SCHEMA: dict[str, Any] = {
@@ -430,12 +471,23 @@ def build_app(kind: str, list_delay: float | None = None, echo_auth_errors: str 
     )
 
 
+async def _serve_stdio(kind: str, list_delay: float | None) -> None:
+    """The kind's tools over stdio (one client: whoever started this process)."""
+    from mcp.server.stdio import stdio_server
+
+    server = build_server(kind, list_delay or 0.0)
+    print(f"test-{kind} stdio server pid {os.getpid()}", file=sys.stderr, flush=True)
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m tests.upstreams.server", description="Run one test upstream MCP server."
     )
     parser.add_argument("--kind", required=True, choices=KINDS)
-    parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--port", type=int, help="the HTTP port (required unless --stdio)")
+    parser.add_argument("--stdio", action="store_true", help="serve over stdio instead of HTTP")
     parser.add_argument(
         "--list-delay", type=float, default=None, help="seconds tools/list sleeps (slow: 0.1)"
     )
@@ -446,6 +498,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="fail requests with the received Authorization header in the error (see the module doc)",
     )
     args = parser.parse_args(argv)
+    if args.stdio:
+        anyio.run(_serve_stdio, args.kind, args.list_delay)
+        return
+    if args.port is None:
+        parser.error("--port is required (unless --stdio)")
     config = uvicorn.Config(
         build_app(args.kind, args.list_delay, args.echo_auth_errors),
         host="127.0.0.1",
