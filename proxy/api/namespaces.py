@@ -1,8 +1,16 @@
-"""`/namespaces`: page-numbered listing, create, upsert, delete."""
+"""`/namespaces`: page-numbered listing, create, upsert, delete.
+
+A namespace's settings: `toolNames` (the name style of its MCP endpoint), `toolBudget` (how many
+tools its `tools/list` shows: null follows the client's default from `tool_budgets`, 0 never
+limits, 3 or more limits every client) and `curatedTools` (tools always listed first when the list
+is limited, by exposed or dotted name; names of tools that do not exist yet are kept). A field left
+out of a PUT keeps its value.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
@@ -14,9 +22,72 @@ from proxy.errors import ValidationFailed
 from proxy.names import generate_namespace
 from proxy.store import NamespaceRecord
 
+MAX_TOOL_BUDGET = 10_000
+MAX_CURATED = 200
+MAX_TOOL_NAME = 300
+_FIELDS = {"toolNames", "name", "toolBudget", "curatedTools"}
+_UNSET: Any = object()
+
 
 def namespace_json(record: NamespaceRecord) -> dict[str, Any]:
-    return {"name": record.name, "createdAt": iso(record.created_at), "toolNames": record.tool_names}
+    return {
+        "name": record.name,
+        "createdAt": iso(record.created_at),
+        "toolNames": record.tool_names,
+        "toolBudget": record.tool_budget,
+        "curatedTools": list(record.curated_tools),
+    }
+
+
+@dataclass(frozen=True)
+class NamespaceSettings:
+    """The settings a request body gives; `_UNSET` where it leaves one out."""
+
+    tool_names: str | None = None
+    tool_budget: Any = field(default=_UNSET)
+    curated_tools: Any = field(default=_UNSET)
+
+
+def _settings(body: dict[str, Any]) -> NamespaceSettings:
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise ValidationFailed(f"unknown field(s): {', '.join(unknown)}")
+    budget = body.get("toolBudget", _UNSET)
+    if budget is not _UNSET and budget is not None:
+        if type(budget) is not int or not (budget == 0 or 3 <= budget <= MAX_TOOL_BUDGET):
+            raise ValidationFailed(
+                "toolBudget must be null (the client's default), 0 (never limited) or an integer "
+                f"from 3 to {MAX_TOOL_BUDGET} (two of them are the search_tools and call_tool meta-tools)"
+            )
+    curated = body.get("curatedTools", _UNSET)
+    if curated is None:
+        curated = ()
+    elif curated is not _UNSET:
+        if not isinstance(curated, list) or len(curated) > MAX_CURATED:
+            raise ValidationFailed(f"curatedTools must be a list of at most {MAX_CURATED} tool names")
+        for item in curated:
+            if not isinstance(item, str) or not 1 <= len(item) <= MAX_TOOL_NAME or not item.isprintable():
+                raise ValidationFailed(
+                    f"curatedTools: each entry must be a tool name of 1 to {MAX_TOOL_NAME} printable "
+                    "characters, as tools/list shows it or dotted (<connectionId>.<tool>)"
+                )
+        if len(set(curated)) != len(curated):
+            raise ValidationFailed("curatedTools lists a tool twice")
+        curated = tuple(curated)
+    return NamespaceSettings(_tool_names(body), budget, curated)
+
+
+async def _save(request: Request, name: str, wanted: NamespaceSettings) -> tuple[NamespaceRecord, bool]:
+    """Create or update the namespace with the settings given; the others keep their values."""
+    directory = gateway(request).directory
+    record, created = await directory.create_namespace(name, wanted.tool_names)
+    budget = record.tool_budget if wanted.tool_budget is _UNSET else wanted.tool_budget
+    curated = record.curated_tools if wanted.curated_tools is _UNSET else wanted.curated_tools
+    if (budget, curated) != (record.tool_budget, record.curated_tools):
+        await gateway(request).store.set_namespace_budget(name, budget, curated)
+        # Read back through the directory, so its cached record (and every listing) has them.
+        record, _ = await directory.create_namespace(name, None)
+    return record, created
 
 
 async def list_namespaces(request: Request) -> Response:
@@ -44,9 +115,6 @@ async def list_namespaces(request: Request) -> Response:
 
 
 def _tool_names(body: dict[str, Any]) -> str | None:
-    unknown = sorted(set(body) - {"toolNames", "name"})
-    if unknown:
-        raise ValidationFailed(f"unknown field(s): {', '.join(unknown)}")
     value = body.get("toolNames")
     if value is not None and value not in ("auto", "dotted", "safe", "bare"):
         raise ValidationFailed("toolNames must be one of auto, dotted, safe, bare")
@@ -61,7 +129,7 @@ async def create_namespace(request: Request) -> Response:
     if not isinstance(name, str):
         raise ValidationFailed("name must be a string")
     require(principal(request), "write", "namespaces", name)
-    record, _ = await gateway(request).directory.create_namespace(name, _tool_names(body))
+    record, _ = await _save(request, name, _settings(body))
     return json_response(namespace_json(record), 201)
 
 
@@ -69,10 +137,10 @@ async def put_namespace(request: Request) -> Response:
     name = request.path_params["name"]
     require(principal(request), "write", "namespaces", name)
     body = await read_json_object(request)
-    tool_names = _tool_names(body)
+    wanted = _settings(body)
     if body.get("name", name) != name:
         raise ValidationFailed("name in the body differs from the one in the path")
-    record, created = await gateway(request).directory.create_namespace(name, tool_names)
+    record, created = await _save(request, name, wanted)
     return json_response(namespace_json(record), 201 if created else 200)
 
 

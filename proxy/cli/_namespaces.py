@@ -74,22 +74,67 @@ def create_namespace(name: str, tool_names: str | None, as_json: bool) -> None:
         click.echo(f"Namespace {data.get('name', name)} is ready")
 
 
+def _tool_budget(value: str | None) -> int | None | str:
+    """`--tool-budget`: a number, or `default` (the client's default); "" when not given."""
+    if value is None:
+        return ""
+    if value.strip().lower() == "default":
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise click.BadParameter(
+            "give a number of tools (0: never limit) or default", param_hint="--tool-budget"
+        ) from exc
+
+
 @namespace.command("set")
 @click.argument("name")
 @tool_names_option
+@click.option(
+    "--tool-budget",
+    metavar="N|default",
+    help="At most N tools in the namespace's tools/list, two of them the search_tools and call_tool "
+    "meta-tools that reach the rest; 0 never limits; default follows the client (tool_budgets: "
+    "Cursor 40, Windsurf 50, VS Code 128).",
+)
+@click.option(
+    "--curated",
+    metavar="A,B,...",
+    help="Tools always listed first when the list is limited, by the names tools/list shows or "
+    "dotted (<connection>.<tool>), comma-separated; an empty value clears them.",
+)
 @json_option
-def set_namespace(name: str, tool_names: str | None, as_json: bool) -> None:
+def set_namespace(
+    name: str, tool_names: str | None, tool_budget: str | None, curated: str | None, as_json: bool
+) -> None:
     """Change the settings of an existing namespace."""
-    if tool_names is None:
-        raise click.UsageError("nothing to set: give --tool-names")
+    body: dict[str, Any] = {}
+    if tool_names is not None:
+        body["toolNames"] = tool_names
+    budget = _tool_budget(tool_budget)
+    if budget != "":
+        body["toolBudget"] = budget
+    if curated is not None:
+        body["curatedTools"] = [n.strip() for n in curated.split(",") if n.strip()]
+    if not body:
+        raise click.UsageError("nothing to set: give --tool-names, --tool-budget or --curated")
     api = Api.from_env()
     path = f"/namespaces/{segment(name)}"
     api.get(path)  # PUT would create a namespace that does not exist: a typo must fail instead
-    data = api.request("PUT", path, json_body={"toolNames": tool_names})
+    data = api.request("PUT", path, json_body=body)
     if as_json:
         emit_json(data)
-    else:
-        click.echo(f"Namespace {name}: tool names {data.get('toolNames', tool_names)}")
+        return
+    parts = []
+    if "toolNames" in body:
+        parts.append(f"tool names {data.get('toolNames')}")
+    if "toolBudget" in body:
+        limit = data.get("toolBudget")
+        parts.append(f"tool budget {'client default' if limit is None else limit or 'unlimited'}")
+    if "curatedTools" in body:
+        parts.append(f"curated tools {', '.join(data.get('curatedTools') or []) or 'none'}")
+    click.echo(f"Namespace {name}: {', '.join(parts)}")
 
 
 @namespace.command("delete")

@@ -16,14 +16,16 @@ import mcp.types as types
 from proxy.auth.policy import CALL, LIST, Principal, allows, require
 from proxy.directory import Directory
 from proxy.errors import AuthRequired, InputRequired, JunctionError, NotFound, UpstreamError
+from proxy.gateway.budget import NO_LIMITS, Limits, fit, meta_names
 from proxy.gateway.names import NameMap, NameStyle, Ref
 from proxy.store import ConnectionRecord
 from proxy.upstream.fastlane import NotificationSink
 
 log = logging.getLogger("junction.catalog")
+ListingKey = tuple[str, NameStyle, Limits, tuple[str, ...]]
 
-# Rendered tool lists kept: one per namespace, name style and set of connections a caller sees
-# (service tokens scoped by metadata see different sets).
+# Rendered tool lists kept: one per namespace, name style, limits (tool budget, name length) and
+# set of connections a caller sees (service tokens scoped by metadata see different sets).
 MAX_LISTINGS = 1000
 
 
@@ -44,10 +46,8 @@ class Catalog:
         self._fanout_timeout = fanout_timeout
         self._maps: dict[str, NameMap] = {}
         self._map_signatures: dict[str, tuple[Any, ...]] = {}
-        # (namespace, style, visible connection ids) -> (signature, tools, tools as JSON)
-        self._lists: dict[
-            tuple[str, NameStyle, tuple[str, ...]], tuple[Any, list[dict[str, Any]], bytes]
-        ] = {}
+        # (namespace, style, limits, visible connection ids) -> (signature, tools, tools as JSON)
+        self._lists: dict[ListingKey, tuple[Any, list[dict[str, Any]], bytes]] = {}
         # Every change to a namespace or its connections invalidates what was derived from it.
         directory.subscribe(lambda namespace, _connection: self.forget(namespace))
 
@@ -113,19 +113,37 @@ class Catalog:
         return name_map
 
     async def tool_dicts(
-        self, namespace: str, principal: Principal, style: NameStyle, rpc: dict[str, Any] | None = None
+        self,
+        namespace: str,
+        principal: Principal,
+        style: NameStyle,
+        rpc: dict[str, Any] | None = None,
+        *,
+        limits: Limits = NO_LIMITS,
     ) -> list[dict[str, Any]]:
-        """Every visible tool under its exposed name, as JSON-ready dicts in a stable order (cached)."""
-        return (await self._listing(namespace, principal, style, rpc))[0]
+        """Every visible tool under its exposed name, as JSON-ready dicts in a stable order (cached);
+        with a tool budget, what fits it (`proxy/gateway/budget.py`)."""
+        return (await self._listing(namespace, principal, style, rpc, limits))[0]
 
     async def tools_json(
-        self, namespace: str, principal: Principal, style: NameStyle, rpc: dict[str, Any] | None = None
+        self,
+        namespace: str,
+        principal: Principal,
+        style: NameStyle,
+        rpc: dict[str, Any] | None = None,
+        *,
+        limits: Limits = NO_LIMITS,
     ) -> bytes:
         """`tool_dicts` already serialized as a JSON array (cached with it)."""
-        return (await self._listing(namespace, principal, style, rpc))[1]
+        return (await self._listing(namespace, principal, style, rpc, limits))[1]
 
     async def _listing(
-        self, namespace: str, principal: Principal, style: NameStyle, rpc: dict[str, Any] | None
+        self,
+        namespace: str,
+        principal: Principal,
+        style: NameStyle,
+        rpc: dict[str, Any] | None,
+        limits: Limits = NO_LIMITS,
     ) -> tuple[list[dict[str, Any]], bytes]:
         gathered = await self.gather(namespace, principal, rpc)
         name_map = self._maps[namespace]
@@ -140,7 +158,7 @@ class Catalog:
             ),
         )
         # Callers with different views (service tokens scoped by metadata) get their own entry.
-        key = (namespace, style, tuple(i.record.connection_id for i in gathered))
+        key = (namespace, style, limits, tuple(i.record.connection_id for i in gathered))
         cached = self._lists.get(key)
         if cached is not None and cached[0] == signature:
             return cached[1], cached[2]
@@ -148,19 +166,24 @@ class Catalog:
 
     def _render(
         self,
-        key: tuple[str, NameStyle, tuple[str, ...]],
+        key: ListingKey,
         signature: Any,
         gathered: list[ConnectionTools],
         name_map: NameMap,
     ) -> tuple[list[dict[str, Any]], bytes]:
-        style = key[1]
-        out: list[dict[str, Any]] = []
+        style, limits = key[1], key[2]
+        entries: list[tuple[Ref, dict[str, Any]]] = []
         for item in gathered:
             for tool in item.tools or ():
+                ref = (item.record.connection_id, tool.name)
                 data = tool.model_dump(mode="json", by_alias=True, exclude_none=True)
-                data["name"] = name_map.exposed((item.record.connection_id, tool.name), style)
-                out.append(data)
-        out.sort(key=lambda t: t["name"])
+                data["name"] = name_map.exposed(ref, style, limits.max_length)
+                entries.append((ref, data))
+        if limits.budget is not None and len(entries) > limits.budget:
+            curated = [name_map.resolve(name) for name in limits.curated]
+            out = fit(entries, curated, limits.budget, meta_names(name_map.resolve))
+        else:
+            out = sorted((data for _, data in entries), key=lambda t: str(t["name"]))
         encoded = json.dumps(out, separators=(",", ":")).encode()
         self._lists.pop(key, None)
         if len(self._lists) >= MAX_LISTINGS:  # many distinct views: drop the oldest rendered one
@@ -169,10 +192,17 @@ class Catalog:
         return out, encoded
 
     async def tools(
-        self, namespace: str, principal: Principal, style: NameStyle, rpc: dict[str, Any] | None = None
+        self,
+        namespace: str,
+        principal: Principal,
+        style: NameStyle,
+        rpc: dict[str, Any] | None = None,
+        *,
+        limits: Limits = NO_LIMITS,
     ) -> list[types.Tool]:
-        """Every visible tool of the namespace under its exposed name, in a stable order."""
-        dicts = await self.tool_dicts(namespace, principal, style, rpc)
+        """Every visible tool of the namespace under its exposed name, in a stable order (what fits
+        the tool budget, when there is one)."""
+        dicts = await self.tool_dicts(namespace, principal, style, rpc, limits=limits)
         return [types.Tool.model_validate(t) for t in dicts]
 
     async def resolve(
@@ -217,6 +247,14 @@ class Catalog:
             if state == "auth_required":
                 raise AuthRequired(status)
             raise InputRequired(status)
+
+    async def meta_names(
+        self, namespace: str, principal: Principal, rpc: dict[str, Any] | None = None
+    ) -> tuple[str, str]:
+        """The names `search_tools` and `call_tool` have in this namespace (`budget.meta_names`)."""
+        if namespace not in self._maps:
+            await self.gather(namespace, principal, rpc)
+        return meta_names(self._name_map(namespace).resolve)
 
     def _lookup(self, namespace: str, name: str) -> Ref | None:
         name_map = self._maps.get(namespace)

@@ -24,6 +24,8 @@ NameStyle = Literal["dotted", "safe", "bare"]
 SAFE_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 MAX_SAFE = 64
+MIN_LENGTH = 24  # the shortest limit a client may set: a few characters, `_` and an 8-digit hash
+_HASHED = re.compile(r"_[0-9a-f]{8,}$")
 SEPARATOR = "__"
 
 Ref = tuple[str, str]  # (connection id, upstream tool name)
@@ -37,8 +39,8 @@ def _digest(text: str, size: int = 8) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:size]
 
 
-def _shorten(base: str, canonical: str, size: int = 8) -> str:
-    return f"{base[: MAX_SAFE - size - 1]}_{_digest(canonical, size)}"
+def _shorten(base: str, canonical: str, size: int = 8, limit: int = MAX_SAFE) -> str:
+    return f"{base[: limit - size - 1]}_{_digest(canonical, size)}"
 
 
 def safe_names(refs: Iterable[Ref]) -> dict[Ref, str]:
@@ -118,6 +120,8 @@ class NameMap:
 
     def __init__(self, refs: Iterable[Ref]):
         refs = list(refs)
+        self._refs = sorted(set(refs))
+        self._fitted: dict[int, dict[str, dict[Ref, str]]] = {}
         self.safe = safe_names(refs)
         self._lookup: dict[str, Ref] = {}
         for ref in refs:
@@ -134,15 +138,56 @@ class NameMap:
         for ref, name in self.bare.items():
             self._lookup.setdefault(name, ref)
 
-    def exposed(self, ref: Ref, style: NameStyle) -> str:
+    def exposed(self, ref: Ref, style: NameStyle, max_length: int | None = None) -> str:
+        """The name a client sees; `max_length` is the client's limit (None: no limit beyond the
+        style's own), met by shortening with a stable hash (`_fit`)."""
         if style == "dotted":
-            return dotted(*ref)
-        if style == "bare" and ref in self.bare:
-            return self.bare[ref]
-        return self.safe[ref]
+            name = dotted(*ref)
+        elif style == "bare" and ref in self.bare:
+            name = self.bare[ref]
+        else:
+            name = self.safe[ref]
+        if max_length is None or len(name) <= max(max_length, MIN_LENGTH):
+            return name
+        return self._fit(max_length)[style][ref]
 
     def resolve(self, name: str) -> Ref | None:
-        return self._lookup.get(name)
+        ref = self._lookup.get(name)
+        if ref is None and len(name) >= MIN_LENGTH and len(name) not in self._fitted and _HASHED.search(name):
+            # A name shortened for some client's limit, called before anything was listed here
+            # (after a restart, or on another instance): the limit is the name's own length.
+            self._fit(len(name))
+            ref = self._lookup.get(name)
+        return ref
+
+    def _fit(self, limit: int) -> dict[str, dict[Ref, str]]:
+        """Every name longer than `limit`, in every style, cut to exactly `limit` characters and
+        ended by a hash of the tool's dotted name (longer where it would name another tool).
+
+        A shortened name has the limit's length, so it can only meet names of that length: the
+        result depends on the namespace's tools alone, never on which limits were asked for
+        before, and a restarted gateway gives the same names and resolves them."""
+        limit = max(limit, MIN_LENGTH)
+        fitted = self._fitted.get(limit)
+        if fitted is not None:
+            return fitted
+        fitted = {}
+        for style in ("safe", "dotted", "bare"):
+            names: dict[Ref, str] = {}
+            for ref in self._refs:
+                full = self.exposed(ref, style)  # type: ignore[arg-type]
+                if len(full) <= limit:
+                    continue
+                canonical, size = dotted(*ref), 8
+                name = _shorten(full, canonical, size, limit)
+                while self._lookup.get(name, ref) != ref and size < limit // 2:
+                    size += 4
+                    name = _shorten(full, canonical, size, limit)
+                names[ref] = name
+                self._lookup.setdefault(name, ref)
+            fitted[style] = names
+        self._fitted[limit] = fitted
+        return fitted
 
     def __len__(self) -> int:
         return len(self._lookup)
