@@ -19,6 +19,7 @@ from proxy import __version__, wire
 from proxy.auth.policy import Principal
 from proxy.directory import Directory
 from proxy.errors import JunctionError, NotFound, UpstreamError
+from proxy.gateway.budget import META_NAMES, call_meta, limits_for
 from proxy.gateway.catalog import Catalog
 from proxy.gateway.names import choose_style
 from proxy.settings import Settings
@@ -92,7 +93,8 @@ def build_namespace_server(directory: Directory, catalog: Catalog, settings: Set
         style = choose_style(
             request.query_params.get("tool_names"), record.tool_names, settings.tool_names, _client_name(ctx)
         )
-        tools = await catalog.tools(namespace, principal, style, _rpc(request))
+        limits = limits_for(settings, record, _client_name(ctx))
+        tools = await catalog.tools(namespace, principal, style, _rpc(request), limits=limits)
         return types.ListToolsResult(tools=tools)
 
     async def call_tool(
@@ -117,16 +119,38 @@ def build_namespace_server(directory: Directory, catalog: Catalog, settings: Set
 
         meta = {"progressToken": token} if token is not None else None
         try:
-            result = await call_for_mcp(
-                catalog,
-                namespace,
-                principal,
-                params.name,
-                params.arguments,
-                meta=meta,
-                notify=notify,
-                rpc=_rpc(request),
-            )
+            if params.name in META_NAMES:  # a tool budget's meta-tool (or a tool of that name)
+                record = await directory.namespace(namespace)
+                style = choose_style(
+                    request.query_params.get("tool_names"),
+                    record.tool_names,
+                    settings.tool_names,
+                    _client_name(ctx),
+                )
+                result = await call_meta(
+                    catalog,
+                    namespace,
+                    principal,
+                    params.name,
+                    params.arguments,
+                    style=style,
+                    limits=limits_for(settings, record, _client_name(ctx)),
+                    inner=call_for_mcp,
+                    meta=meta,
+                    notify=notify,
+                    rpc=_rpc(request),
+                )
+            else:
+                result = await call_for_mcp(
+                    catalog,
+                    namespace,
+                    principal,
+                    params.name,
+                    params.arguments,
+                    meta=meta,
+                    notify=notify,
+                    rpc=_rpc(request),
+                )
         finally:
             answered = True
         return types.CallToolResult.model_validate(wire.legacy_result(result))

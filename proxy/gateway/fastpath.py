@@ -29,9 +29,10 @@ from proxy import __version__, wire
 from proxy._sdk import live_sessions, session_owner
 from proxy.auth.policy import Principal
 from proxy.directory import Directory
+from proxy.gateway.budget import META_NAMES, Limits, call_meta, view
 from proxy.gateway.catalog import Catalog
 from proxy.gateway.endpoint import RPC_KEY, call_for_mcp
-from proxy.gateway.names import choose_style
+from proxy.gateway.names import NameStyle
 from proxy.settings import Settings
 
 SERVER_INFO = {"name": "mcp-junction", "version": __version__}
@@ -186,7 +187,13 @@ class ToolCallFastPath:
                 status = 200
             await self._respond(send, data, era, headers, status=status)
             return True
-        await self._call(headers, message, era, namespace, principal, receive, send, scope.get(RPC_KEY))
+        # A meta-tool's answer depends on the caller's view; no other call pays for working it out.
+        shown = None
+        if message.params["name"] in META_NAMES:
+            shown = await self._view(scope, headers, message, era, namespace)
+        await self._call(
+            headers, message, era, namespace, principal, receive, send, scope.get(RPC_KEY), shown
+        )
         return True
 
     async def _respond(
@@ -236,6 +243,7 @@ class ToolCallFastPath:
         receive: Receive,
         send: Send,
         rpc: dict[str, Any] | None,
+        shown: tuple[NameStyle, Limits] | None = None,
     ) -> None:
         params = request.params
         token = _progress_token(params)
@@ -290,16 +298,31 @@ class ToolCallFastPath:
         meta = {"progressToken": token} if token is not None else None
         status = 200
         try:
-            raw = await call_for_mcp(
-                self._catalog,
-                namespace,
-                principal,
-                params["name"],
-                params.get("arguments"),
-                meta=meta,
-                notify=relay if token is not None else None,
-                rpc=rpc,
-            )
+            if shown is not None:
+                raw = await call_meta(
+                    self._catalog,
+                    namespace,
+                    principal,
+                    params["name"],
+                    params.get("arguments"),
+                    style=shown[0],
+                    limits=shown[1],
+                    inner=call_for_mcp,
+                    meta=meta,
+                    notify=relay if token is not None else None,
+                    rpc=rpc,
+                )
+            else:
+                raw = await call_for_mcp(
+                    self._catalog,
+                    namespace,
+                    principal,
+                    params["name"],
+                    params.get("arguments"),
+                    meta=meta,
+                    notify=relay if token is not None else None,
+                    rpc=rpc,
+                )
             running.done = True
             shaped = wire.modern_result(raw, SERVER_INFO) if era == "modern" else wire.legacy_result(raw)
             data = wire.result_body(request.id, shaped)
@@ -346,6 +369,16 @@ class ToolCallFastPath:
         namespace: str,
         principal: Principal,
     ) -> bytes:
+        style, limits = await self._view(scope, headers, request, era, namespace)
+        tools = await self._catalog.tools_json(namespace, principal, style, scope.get(RPC_KEY), limits=limits)
+        extra = _MODERN_LIST_EXTRA if era == "modern" else b""
+        prefix = b'{"jsonrpc":"2.0","id":' + json.dumps(request.id).encode() + b',"result":{"tools":'
+        return prefix + tools + extra + b"}}"
+
+    async def _view(
+        self, scope: Scope, headers: dict[bytes, bytes], request: wire.Request, era: str, namespace: str
+    ) -> tuple[NameStyle, Limits]:
+        """The caller's name style and tool limits (`budget.view`), from its client name."""
         record = await self._directory.namespace(namespace)
         if era == "modern":
             info = (request.params.get("_meta") or {}).get(wire.META_CLIENT_INFO)
@@ -353,12 +386,7 @@ class ToolCallFastPath:
         else:
             client_name = self._client_names.get(headers[b"mcp-session-id"].decode("latin-1"))
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        requested = query.get("tool_names", [None])[0]
-        style = choose_style(requested, record.tool_names, self._settings.tool_names, client_name)
-        tools = await self._catalog.tools_json(namespace, principal, style, scope.get(RPC_KEY))
-        extra = _MODERN_LIST_EXTRA if era == "modern" else b""
-        prefix = b'{"jsonrpc":"2.0","id":' + json.dumps(request.id).encode() + b',"result":{"tools":'
-        return prefix + tools + extra + b"}}"
+        return view(self._settings, record, query.get("tool_names", [None])[0], client_name)
 
 
 class _Running:
