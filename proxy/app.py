@@ -44,7 +44,9 @@ from proxy.directory import Directory
 from proxy.errors import ConfigError, JunctionError, MethodNotAllowed, NotFound
 from proxy.gateway.catalog import Catalog
 from proxy.gateway.endpoint import NAMESPACE_KEY, RPC_KEY, build_namespace_server, build_session_manager
+from proxy.gateway.events import NamespaceEvents
 from proxy.gateway.fastpath import ToolCallFastPath
+from proxy.gateway.offerings import Offerings
 from proxy.gateway.passthrough import Passthrough
 from proxy.gateway.passthrough import error_response as rpc_error_response
 from proxy.gateway.relay import Relay
@@ -355,7 +357,16 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             )
             directory = Directory(store, vault, pool, settings, upstream_auth)
             catalog = Catalog(directory, settings.fanout_timeout)
-            server = build_namespace_server(directory, catalog, settings)
+            offerings = Offerings(directory, catalog, settings.fanout_timeout)
+            events = NamespaceEvents(tg)
+            directory.subscribe(events.connection_changed)
+
+            def announced(key: tuple[str, str], method: str, params: dict[str, Any]) -> None:
+                offerings.announced(key, method)
+                events.upstream(key, method, params)
+
+            pool.on_upstream_event(announced)
+            server = build_namespace_server(directory, catalog, settings, offerings, events)
             manager = build_session_manager(server, settings)
             authentication = Authentication(service_tokens, api_keys)
             oauth_server = AuthorizationServer(settings, store, vault, service_tokens, authentication)

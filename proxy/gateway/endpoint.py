@@ -9,20 +9,35 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import anyio
 import mcp.types as types
 from mcp.server import Server, ServerRequestContext
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import (
+    SUBSCRIPTION_ID_META_KEY,
+    PromptsListChanged,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ServerEvent,
+    ToolsListChanged,
+    event_matches,
+    event_to_notification,
+)
 from starlette.requests import Request
 
 from proxy import __version__, wire
-from proxy.auth.policy import Principal
+from proxy.auth.policy import LIST, Principal, allows
 from proxy.directory import Directory
 from proxy.errors import JunctionError, NotFound, UpstreamError
 from proxy.gateway.budget import META_NAMES, call_meta, limits_for
+from proxy.gateway.callers import LogLevels, SessionCaller
 from proxy.gateway.catalog import Catalog
-from proxy.gateway.names import choose_style
+from proxy.gateway.events import NamespaceEvents, Sink
+from proxy.gateway.names import NameStyle, choose_style
+from proxy.gateway.offerings import Offerings
 from proxy.settings import Settings
+from proxy.upstream import relay
 from proxy.upstream.fastlane import NotificationSink
 
 log = logging.getLogger("junction.gateway")
@@ -76,9 +91,97 @@ async def call_for_mcp(
         raise MCPError(exc.jsonrpc_code, exc.message, exc.data) from exc
 
 
-def build_namespace_server(directory: Directory, catalog: Catalog, settings: Settings) -> Server[Any]:
-    """The MCP server behind every `/mcp/{ns}` (the namespace comes from the request)."""
+def _dump(model: Any) -> dict[str, Any]:
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)  # type: ignore[no-any-return]
 
+
+def _notification(event: ServerEvent, meta: dict[str, Any] | None = None) -> types.ServerNotification:
+    if meta is not None:
+        return event_to_notification(event, meta)
+    if isinstance(event, ResourceUpdated):
+        return types.ResourceUpdatedNotification(
+            params=types.ResourceUpdatedNotificationParams(uri=event.uri)
+        )
+    return {
+        ToolsListChanged: types.ToolListChangedNotification,
+        PromptsListChanged: types.PromptListChangedNotification,
+        ResourcesListChanged: types.ResourceListChangedNotification,
+    }[type(event)]()
+
+
+def build_namespace_server(
+    directory: Directory,
+    catalog: Catalog,
+    settings: Settings,
+    offerings: Offerings | None = None,
+    events: NamespaceEvents | None = None,
+) -> Server[Any]:
+    """The MCP server behind every `/mcp/{ns}` (the namespace comes from the request)."""
+    offer = offerings or Offerings(directory, catalog, settings.fanout_timeout)
+    levels = LogLevels()
+    legacy_sinks: dict[str, Sink] = {}  # downstream session id -> its sink
+
+    async def style_of(ctx: ServerRequestContext[Any, Any], namespace: str, request: Request) -> NameStyle:
+        try:
+            record = await directory.namespace(namespace)
+        except NotFound as exc:
+            raise MCPError(-32602, exc.message) from exc
+        return choose_style(
+            request.query_params.get("tool_names"), record.tool_names, settings.tool_names, _client_name(ctx)
+        )
+
+    def caller_for(ctx: ServerRequestContext[Any, Any], request: Request) -> SessionCaller:
+        return SessionCaller(ctx, levels, request.headers.get("mcp-session-id"))
+
+    async def routed(coro: Any) -> dict[str, Any]:
+        try:
+            return await coro  # type: ignore[no-any-return]
+        except JunctionError as exc:
+            raise MCPError(exc.jsonrpc_code, exc.message, exc.data) from exc
+
+    def sink(
+        ctx: ServerRequestContext[Any, Any],
+        namespace: str,
+        principal: Principal,
+        request: Request,
+        deliver: Any,
+    ) -> Sink:
+        rpc = _rpc(request)
+
+        def may_see(connection_id: str) -> bool:
+            if principal.admin:
+                return True
+            for record in directory.cached_connections(namespace):
+                if record.connection_id == connection_id:
+                    return allows(principal, LIST, "connections", namespace, record.metadata or {}, rpc)
+            return True  # gone: that it changed is all anyone learns
+
+        return Sink(namespace=namespace, may_see=may_see, deliver=deliver)
+
+    def legacy_sink(ctx: ServerRequestContext[Any, Any]) -> Sink | None:
+        """The change feed of a legacy session, on its standalone stream (made once per session)."""
+        if events is None or ctx.request is None:
+            return None
+        namespace, principal, request = _caller(ctx)
+        session_id = request.headers.get("mcp-session-id")
+        if not session_id:
+            return None
+        current = legacy_sinks.get(session_id)
+        if current is None:
+            session = ctx.session
+
+            async def deliver(event: ServerEvent) -> None:
+                await session.send_notification(_notification(event))
+
+            current = sink(ctx, namespace, principal, request, deliver)
+            remove = events.add(current)
+            if len(legacy_sinks) >= 10_000:
+                legacy_sinks.pop(next(iter(legacy_sinks)))
+            legacy_sinks[session_id] = current
+            del remove
+        return current
+
+    # tools
     async def list_tools(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
@@ -86,14 +189,8 @@ def build_namespace_server(directory: Directory, catalog: Catalog, settings: Set
         if params is not None and params.cursor is not None:
             # The namespace's list is always one page: no cursor we did not hand out is valid.
             raise MCPError(-32602, "invalid cursor")
-        try:
-            record = await directory.namespace(namespace)
-        except NotFound as exc:
-            raise MCPError(-32602, exc.message) from exc
-        style = choose_style(
-            request.query_params.get("tool_names"), record.tool_names, settings.tool_names, _client_name(ctx)
-        )
-        limits = limits_for(settings, record, _client_name(ctx))
+        style = await style_of(ctx, namespace, request)
+        limits = limits_for(settings, await directory.namespace(namespace), _client_name(ctx))
         tools = await catalog.tools(namespace, principal, style, _rpc(request), limits=limits)
         return types.ListToolsResult(tools=tools)
 
@@ -118,15 +215,11 @@ def build_namespace_server(directory: Directory, catalog: Catalog, settings: Set
                 await ctx.session.report_progress(p.get("progress", 0), p.get("total"), p.get("message"))
 
         meta = {"progressToken": token} if token is not None else None
+        reset = relay.caller.set(caller_for(ctx, request))
         try:
             if params.name in META_NAMES:  # a tool budget's meta-tool (or a tool of that name)
-                record = await directory.namespace(namespace)
-                style = choose_style(
-                    request.query_params.get("tool_names"),
-                    record.tool_names,
-                    settings.tool_names,
-                    _client_name(ctx),
-                )
+                style = await style_of(ctx, namespace, request)
+                limits = limits_for(settings, await directory.namespace(namespace), _client_name(ctx))
                 result = await call_meta(
                     catalog,
                     namespace,
@@ -134,7 +227,7 @@ def build_namespace_server(directory: Directory, catalog: Catalog, settings: Set
                     params.name,
                     params.arguments,
                     style=style,
-                    limits=limits_for(settings, record, _client_name(ctx)),
+                    limits=limits,
                     inner=call_for_mcp,
                     meta=meta,
                     notify=notify,
@@ -153,16 +246,187 @@ def build_namespace_server(directory: Directory, catalog: Catalog, settings: Set
                 )
         finally:
             answered = True
+            relay.caller.reset(reset)
         return types.CallToolResult.model_validate(wire.legacy_result(result))
 
-    return Server(
+    # resources and prompts
+    async def list_resources(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        namespace, principal, request = _caller(ctx)
+        style = await style_of(ctx, namespace, request)
+        items = await offer.listing("resources/list", namespace, principal, style, _rpc(request))
+        return types.ListResourcesResult.model_validate({"resources": items})
+
+    async def list_templates(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        namespace, principal, request = _caller(ctx)
+        style = await style_of(ctx, namespace, request)
+        items = await offer.listing("resources/templates/list", namespace, principal, style, _rpc(request))
+        return types.ListResourceTemplatesResult.model_validate({"resourceTemplates": items})
+
+    async def read_resource(
+        ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        namespace, principal, request = _caller(ctx)
+        reset = relay.caller.set(caller_for(ctx, request))
+        try:
+            result = await routed(offer.read(namespace, principal, _dump(params), _rpc(request)))
+        finally:
+            relay.caller.reset(reset)
+        return types.ReadResourceResult.model_validate(result)
+
+    async def subscribe(
+        ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
+    ) -> types.EmptyResult:
+        namespace, principal, request = _caller(ctx)
+        await routed(
+            offer.subscription("resources/subscribe", namespace, principal, params.uri, _rpc(request))
+        )
+        feed = legacy_sink(ctx)
+        if feed is not None:
+            feed.resources.add(params.uri)
+        return types.EmptyResult()
+
+    async def unsubscribe(
+        ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
+    ) -> types.EmptyResult:
+        namespace, principal, request = _caller(ctx)
+        feed = legacy_sink(ctx)
+        if feed is not None:
+            feed.resources.discard(params.uri)
+        still_wanted = any(params.uri in s.resources for s in legacy_sinks.values())
+        if not still_wanted:  # the upstream session is shared: the last one out unsubscribes it
+            await routed(
+                offer.subscription("resources/unsubscribe", namespace, principal, params.uri, _rpc(request))
+            )
+        return types.EmptyResult()
+
+    async def list_prompts(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
+        namespace, principal, request = _caller(ctx)
+        style = await style_of(ctx, namespace, request)
+        items = await offer.listing("prompts/list", namespace, principal, style, _rpc(request))
+        return types.ListPromptsResult.model_validate({"prompts": items})
+
+    async def get_prompt(
+        ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult:
+        namespace, principal, request = _caller(ctx)
+        reset = relay.caller.set(caller_for(ctx, request))
+        try:
+            result = await routed(offer.get_prompt(namespace, principal, _dump(params), _rpc(request)))
+        finally:
+            relay.caller.reset(reset)
+        return types.GetPromptResult.model_validate(result)
+
+    async def complete(
+        ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams
+    ) -> types.CompleteResult:
+        namespace, principal, request = _caller(ctx)
+        result = await routed(offer.complete(namespace, principal, _dump(params), _rpc(request)))
+        return types.CompleteResult.model_validate(result)
+
+    # logging and change feeds
+    async def set_level(
+        ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
+        _, _, request = _caller(ctx)
+        session_id = request.headers.get("mcp-session-id")
+        if session_id:
+            levels.set(session_id, params.level)
+        return types.EmptyResult()
+
+    async def initialized(ctx: ServerRequestContext[Any, Any], params: Any) -> None:
+        legacy_sink(ctx)  # list changes reach this session from now on
+
+    async def listen(
+        ctx: ServerRequestContext[Any, Any], params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
+        """A 2026-07-28 client's change feed: acknowledged first, then what it asked for."""
+        namespace, principal, request = _caller(ctx)
+        if events is None or ctx.request_id is None:
+            raise MCPError(wire.INVALID_REQUEST, "subscriptions/listen needs a request id")
+        wanted = params.notifications
+        honored = types.SubscriptionFilter(
+            tools_list_changed=True if wanted.tools_list_changed else None,
+            prompts_list_changed=True if wanted.prompts_list_changed else None,
+            resources_list_changed=True if wanted.resources_list_changed else None,
+            resource_subscriptions=list(wanted.resource_subscriptions)
+            if wanted.resource_subscriptions
+            else None,
+        )
+        honored_uris = frozenset(honored.resource_subscriptions or ())
+        meta: dict[str, Any] = {SUBSCRIPTION_ID_META_KEY: ctx.request_id}
+        send, receive = anyio.create_memory_object_stream[ServerEvent](256)
+
+        async def deliver(event: ServerEvent) -> None:
+            if event_matches(honored, honored_uris, event):
+                send.send_nowait(event)
+
+        feed = sink(ctx, namespace, principal, request, deliver)
+        feed.resources.update(honored_uris)
+        remove = events.add(feed)
+        try:
+            await ctx.session.send_notification(
+                types.SubscriptionsAcknowledgedNotification(
+                    params=types.SubscriptionsAcknowledgedNotificationParams(
+                        notifications=honored, _meta=meta
+                    )
+                ),
+                related_request_id=ctx.request_id,
+            )
+            async with receive:
+                async for event in receive:
+                    await ctx.session.send_notification(
+                        event_to_notification(event, meta), related_request_id=ctx.request_id
+                    )
+        finally:
+            remove()
+            send.close()
+        return types.SubscriptionsListenResult(_meta=meta)
+
+    async def capabilities(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
+        """What the namespace offers is what its visible connections offer (per caller)."""
+        result = await call_next(ctx)
+        if ctx.method in ("initialize", "server/discover") and isinstance(result, dict):
+            if isinstance(ctx.request, Request) and NAMESPACE_KEY in ctx.request.scope:
+                namespace, principal, request = _caller(ctx)
+                offered = await offer.capabilities(namespace, principal, _rpc(request))
+                if events is None:
+                    offered = {
+                        k: {kk: vv for kk, vv in v.items() if kk not in ("listChanged", "subscribe")}
+                        if isinstance(v, dict)
+                        else v
+                        for k, v in offered.items()
+                    }
+                result["capabilities"] = offered
+        return result
+
+    server: Server[Any] = Server(
         "mcp-junction",
         version=__version__,
-        instructions="Tools of every connection in this namespace, prefixed with the connection id.",
+        instructions="Tools, resources and prompts of every connection in this namespace, "
+        "named with the connection id.",
         get_tool_input_schema=lambda _name: None,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_list_resource_templates=list_templates,
+        on_read_resource=read_resource,
+        on_subscribe_resource=subscribe,
+        on_unsubscribe_resource=unsubscribe,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
+        on_completion=complete,
+        on_subscriptions_listen=listen,
     )
+    server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)
+    server.add_notification_handler("notifications/initialized", types.NotificationParams, initialized)
+    server.middleware.append(capabilities)
+    return server
 
 
 def build_session_manager(server: Server[Any], settings: Settings) -> StreamableHTTPSessionManager:

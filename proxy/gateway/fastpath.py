@@ -34,6 +34,7 @@ from proxy.gateway.catalog import Catalog
 from proxy.gateway.endpoint import RPC_KEY, call_for_mcp
 from proxy.gateway.names import NameStyle
 from proxy.settings import Settings
+from proxy.upstream.relay import RELAYED
 
 SERVER_INFO = {"name": "mcp-junction", "version": __version__}
 _MODERN_LIST_EXTRA = (
@@ -41,6 +42,7 @@ _MODERN_LIST_EXTRA = (
     + json.dumps({wire.META_SERVER_INFO: SERVER_INFO}, separators=(",", ":")).encode()
 )
 _MAX_REMEMBERED_CLIENTS = 10_000
+RELAYED_CAPABILITIES = frozenset(RELAYED.values())
 _FAST_METHODS = (b'"tools/', b'"notifications/cancelled"')
 
 
@@ -68,6 +70,11 @@ def parse_request(body: bytes) -> wire.Request | wire.Notification | None:
     return None
 
 
+def _interactive(capabilities: Any) -> bool:
+    """Did a client declare a capability an upstream may ask it through (sampling, ...)?"""
+    return isinstance(capabilities, dict) and any(c in capabilities for c in RELAYED_CAPABILITIES)
+
+
 def _progress_token(params: dict[str, Any]) -> str | int | None:
     meta = params.get("_meta")
     token = meta.get("progressToken") if isinstance(meta, dict) else None
@@ -89,6 +96,9 @@ class ToolCallFastPath:
         self._directory = directory
         self._settings = settings
         self._client_names: dict[str, str] = {}
+        # Legacy sessions whose client can be asked things (sampling, elicitation, roots): their
+        # calls take the SDK path, which relays an upstream's requests on the call's stream.
+        self._interactive: set[str] = set()
         # Calls in flight on legacy sessions, by (session id, request id), for notifications/cancelled.
         self._inflight: dict[tuple[str, Any], _Running] = {}
 
@@ -103,15 +113,19 @@ class ToolCallFastPath:
             return send
         if message.get("method") != "initialize" or not isinstance(name, str):
             return send
+        interactive = _interactive(message["params"].get("capabilities"))
         if len(self._client_names) > _MAX_REMEMBERED_CLIENTS:
             live = live_sessions(self._manager)
             self._client_names = {k: v for k, v in self._client_names.items() if k in live}
+            self._interactive &= set(live)
 
         async def watching(message: Message) -> None:
             if message["type"] == "http.response.start":
                 for key, value in message.get("headers", ()):
                     if key.lower() == b"mcp-session-id":
                         self._client_names[value.decode("latin-1")] = name
+                        if interactive:
+                            self._interactive.add(value.decode("latin-1"))
             await send(message)
 
         return watching
@@ -134,10 +148,18 @@ class ToolCallFastPath:
                 method.decode("latin-1") if method is not None else None,
                 name.decode("latin-1") if name is not None else None,
             )
-            return "modern" if error is None else None  # the SDK answers a broken envelope
+            if error is not None:
+                return None  # the SDK answers a broken envelope
+            meta = request.params.get("_meta") or {}
+            if _interactive(meta.get(wire.META_CAPABILITIES)) or "requestState" in request.params:
+                return None  # a client that can be asked: MRTR on the SDK path
+            return "modern"
         if version and version not in wire.HANDSHAKE_VERSIONS:
             return None
-        return "legacy" if self._live_session(scope, headers) is not None else None
+        session_id = self._live_session(scope, headers)
+        if session_id is None or session_id in self._interactive:
+            return None
+        return "legacy"
 
     def _live_session(self, scope: Scope, headers: dict[bytes, bytes]) -> str | None:
         """The caller's own live legacy session id, keeping it alive, else None."""

@@ -20,6 +20,7 @@ from typing import Any
 from mcp.shared.exceptions import MCPError
 
 from proxy import __version__, wire
+from proxy.upstream import relay
 from proxy.upstream._http1 import Http1Pool
 from proxy.upstream._http1 import Response as HttpResponse
 from proxy.upstream.credentials import Challenge, Credentials
@@ -71,7 +72,7 @@ class FastLane:
         self.max_result_bytes = max_result_bytes
         self._meta = {
             wire.META_VERSION: protocol_version,
-            wire.META_CAPABILITIES: {},
+            wire.META_CAPABILITIES: relay.CLIENT_CAPABILITIES,
             wire.META_CLIENT_INFO: _CLIENT_INFO,
         }
         self._heads_for: int | None = None
@@ -241,17 +242,20 @@ class FastLane:
             assert message.result is not None
             return message.result
         if isinstance(message, wire.Request):
-            await self._decline(message, deadline)
+            await self._reply(message, deadline)
+        elif message.method == "notifications/message":
+            await relay.tell(message.method, message.params)
         elif notify is not None:
             await notify(message)
         return None
 
-    async def _decline(self, request: wire.Request, deadline: float) -> None:
-        # A server-to-client request (sampling, elicitation) on a fast-lane call cannot be relayed:
-        # answer it at once so the upstream is not left waiting.
-        reply = wire.error_body(
-            request.id, wire.METHOD_NOT_FOUND, f"{request.method} is not relayed on this call"
-        )
+    async def _reply(self, request: wire.Request, deadline: float) -> None:
+        """Answer a server-to-client request (sampling, elicitation, roots) made during the call
+        with what its caller answers, or the caller's inability to."""
+        try:
+            reply = wire.result_body(request.id, await relay.answer(request.method, request.params))
+        except MCPError as exc:
+            reply = wire.error_body(request.id, exc.error.code, exc.error.message, exc.error.data)
         # Outside the connection cap: the call it answers already holds a slot.
         async with self.http.post(self._reply_head, reply, deadline=deadline, capped=False) as response:
             await response.read()

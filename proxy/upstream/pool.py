@@ -43,6 +43,7 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.redact import Redactor
+from proxy.upstream import relay
 from proxy.upstream._clients import WireState, sse_http_client, streamable_http_client_for, tls_context
 from proxy.upstream._describe import describe_failure, leaves, never_sent, not_mcp
 from proxy.upstream._http1 import Http1Pool
@@ -69,6 +70,45 @@ _CLIENT_REQUEST: TypeAdapter[Any] = TypeAdapter(types.ClientRequest)
 Key = tuple[str, str]
 StateListener = Callable[[Key, dict[str, Any], dict[str, Any] | None], Awaitable[None]]
 ToolsChangedListener = Callable[[Key], None]
+# Told of what an upstream announces to all its clients: (key, method, params).
+EventListener = Callable[[Key, str, dict[str, Any]], None]
+_ANNOUNCED = (
+    types.ToolListChangedNotification,
+    types.ResourceListChangedNotification,
+    types.PromptListChangedNotification,
+    types.ResourceUpdatedNotification,
+)
+
+
+def _dumped(model: Any) -> dict[str, Any]:
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)  # type: ignore[no-any-return]
+
+
+async def _relayed(method: str, params: dict[str, Any], result_type: type[Any]) -> Any:
+    try:
+        return result_type.model_validate(await relay.answer(method, params))
+    except MCPError as exc:
+        return exc.error
+    except ValidationError:
+        return types.ErrorData(
+            code=wire.INVALID_PARAMS, message=f"the client's answer to {method} is invalid"
+        )
+
+
+async def _relay_sampling(context: Any, params: types.CreateMessageRequestParams) -> Any:
+    return await _relayed("sampling/createMessage", _dumped(params), types.CreateMessageResult)
+
+
+async def _relay_elicitation(context: Any, params: types.ElicitRequestParams) -> Any:
+    return await _relayed("elicitation/create", _dumped(params), types.ElicitResult)
+
+
+async def _relay_roots(context: Any) -> Any:
+    return await _relayed("roots/list", {}, types.ListRootsResult)
+
+
+async def _relay_log(params: types.LoggingMessageNotificationParams) -> None:
+    await relay.tell("notifications/message", _dumped(params))
 
 
 @dataclass(frozen=True)
@@ -162,6 +202,12 @@ class UpstreamSession:
     @property
     def connected(self) -> bool:
         return self._live is not None and not self._live.done.is_set()
+
+    @property
+    def live_client(self) -> Client | None:
+        """The connected client, if there is one (no I/O)."""
+        live = self._live
+        return live.client if live is not None and not live.done.is_set() else None
 
     # connecting
     async def client(self) -> Client:
@@ -430,6 +476,11 @@ class UpstreamSession:
                     client_info=types.Implementation(name="mcp-junction", version=__version__),
                     message_handler=self._on_message,
                     read_timeout_seconds=self.config.call_timeout,
+                    # Declared so servers offer the tools that need them; relayed to the caller.
+                    sampling_callback=_relay_sampling,
+                    elicitation_callback=_relay_elicitation,
+                    list_roots_callback=_relay_roots,
+                    logging_callback=_relay_log,
                 )
                 await stack.enter_async_context(client)
                 self.protocol_version = client.protocol_version
@@ -501,6 +552,13 @@ class UpstreamSession:
     async def _on_message(self, message: Any) -> None:
         if isinstance(message, types.ToolListChangedNotification):
             self.tools.invalidate()
+        if isinstance(message, _ANNOUNCED):
+            params = (
+                message.params.model_dump(mode="json", by_alias=True, exclude_none=True)
+                if message.params
+                else {}
+            )
+            self._pool.upstream_event(self.key, message.method, params)
 
     # requests
     async def _with_retry(
@@ -683,7 +741,9 @@ class UpstreamSession:
 
         `meta` goes into the request's `_meta` (a progressToken); `notify` receives what the
         upstream says about the call meanwhile (progress)."""
-        slow = name in self.tools.header_tools
+        # A caller that can be asked things (sampling, elicitation) is served by the SDK client,
+        # which relays what the upstream asks on the call's own stream.
+        slow = name in self.tools.header_tools or relay.interactive()
         timeout = self.config.call_timeout
 
         async def call(client: Client) -> dict[str, Any]:
@@ -764,6 +824,7 @@ class ConnectionPool:
         self._sessions: dict[Key, UpstreamSession] = {}
         self._state_listeners: list[StateListener] = []
         self._tools_listeners: list[ToolsChangedListener] = []
+        self._event_listeners: list[EventListener] = []
 
     def on_state_change(self, listener: StateListener) -> None:
         self._state_listeners.append(listener)
@@ -783,6 +844,16 @@ class ConnectionPool:
     def tools_changed(self, key: Key) -> None:
         for listener in self._tools_listeners:
             listener(key)
+
+    def on_upstream_event(self, listener: EventListener) -> None:
+        self._event_listeners.append(listener)
+
+    def upstream_event(self, key: Key, method: str, params: dict[str, Any]) -> None:
+        for listener in self._event_listeners:
+            try:
+                listener(key, method, params)
+            except Exception:  # one listener failing must not stop the others
+                log.exception("event listener failed for %s/%s", *key)
 
     def get(self, key: Key) -> UpstreamSession | None:
         return self._sessions.get(key)

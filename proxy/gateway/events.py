@@ -1,0 +1,118 @@
+"""Change notifications of a namespace, fanned out to the downstream clients that may see them.
+
+Sources: an upstream announcing `tools|prompts|resources/list_changed` or
+`resources/updated`, and the directory adding, changing or removing a connection. Sinks: legacy
+downstream sessions (on their standalone GET stream) and 2026-07-28 `subscriptions/listen`
+streams. Each sink says which connections its caller may see; an event about a connection
+reaches only those sinks. Bursts merge: a list change already waiting for a sink is not queued
+twice, so an upstream that re-announces fifty times in a second costs each client one message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup
+from mcp.shared.subscriptions import (
+    PromptsListChanged,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ServerEvent,
+    ToolsListChanged,
+)
+
+from proxy.gateway import uris
+
+log = logging.getLogger("junction.events")
+
+# Per namespace; beyond it the oldest sink is dropped (its client re-lists on reconnect).
+MAX_SINKS = 10_000
+_BY_METHOD: dict[str, ServerEvent] = {
+    "notifications/tools/list_changed": ToolsListChanged(),
+    "notifications/prompts/list_changed": PromptsListChanged(),
+    "notifications/resources/list_changed": ResourcesListChanged(),
+}
+ALL_LISTS: tuple[ServerEvent, ...] = (ToolsListChanged(), PromptsListChanged(), ResourcesListChanged())
+
+
+@dataclass(eq=False)
+class Sink:
+    """One downstream client listening to a namespace."""
+
+    namespace: str
+    may_see: Callable[[str], bool]  # connection id -> visible to this client
+    deliver: Callable[[ServerEvent], Awaitable[None]]
+    resources: set[str] = field(default_factory=set)  # exposed URIs it subscribed to
+    _pending: set[ServerEvent] = field(default_factory=set)
+
+
+class NamespaceEvents:
+    """Fans namespace events out to sinks; delivery runs in the gateway's task group."""
+
+    def __init__(self, task_group: TaskGroup):
+        self._tg = task_group
+        self._sinks: dict[str, list[Sink]] = {}
+
+    def add(self, sink: Sink) -> Callable[[], None]:
+        """Start delivering to `sink`; returns the function that stops it."""
+        sinks = self._sinks.setdefault(sink.namespace, [])
+        if len(sinks) >= MAX_SINKS:
+            sinks.pop(0)
+        sinks.append(sink)
+
+        def remove() -> None:
+            current = self._sinks.get(sink.namespace, [])
+            if sink in current:
+                current.remove(sink)
+
+        return remove
+
+    def upstream(self, key: tuple[str, str], method: str, params: dict[str, object]) -> None:
+        """An upstream announced something to its clients."""
+        namespace, connection_id = key
+        if method == "notifications/resources/updated":
+            uri = params.get("uri")
+            if isinstance(uri, str):
+                self.publish(namespace, connection_id, ResourceUpdated(uri=uris.expose(connection_id, uri)))
+            return
+        event = _BY_METHOD.get(method)
+        if event is not None:
+            self.publish(namespace, connection_id, event)
+
+    def connection_changed(self, namespace: str, connection_id: str | None) -> None:
+        """A connection was added, changed or removed: every list may differ now."""
+        for event in ALL_LISTS:
+            self.publish(namespace, connection_id, event)
+
+    def publish(self, namespace: str, connection_id: str | None, event: ServerEvent) -> None:
+        for sink in list(self._sinks.get(namespace, ())):
+            if isinstance(event, ResourceUpdated) and event.uri not in sink.resources:
+                continue
+            # A removed connection is nobody's to see any more: its going is news to all.
+            if connection_id is not None and not _visible(sink, connection_id):
+                continue
+            if event in sink._pending:
+                continue  # the same news is already on its way
+            sink._pending.add(event)
+            self._tg.start_soon(self._send, sink, event)
+
+    async def _send(self, sink: Sink, event: ServerEvent) -> None:
+        sink._pending.discard(event)
+        try:
+            with anyio.fail_after(10):
+                await sink.deliver(event)
+        except Exception:  # noqa: BLE001 - the client is gone or stuck: stop telling it
+            log.debug("dropping a sink of %s", sink.namespace)
+            current = self._sinks.get(sink.namespace, [])
+            if sink in current:
+                current.remove(sink)
+
+
+def _visible(sink: Sink, connection_id: str) -> bool:
+    try:
+        return sink.may_see(connection_id)
+    except Exception:  # noqa: BLE001 - an unknown connection (just removed): a list change
+        return True

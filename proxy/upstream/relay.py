@@ -1,0 +1,76 @@
+"""Requests an upstream sends its client (sampling, elicitation, roots), relayed to the caller.
+
+Upstream sessions are shared by every caller of a connection, so a server-to-client request
+is answered by the downstream client whose call caused it: the surface serving that call sets
+`caller` (a context variable) for its duration, and both upstream paths (the SDK client's
+callbacks and the fast lane) ask `answer()`. Context variables follow the call into the SDK's
+message handling, so three concurrent callers each get their own requests and nobody else's.
+
+The gateway declares upstream every client capability it can relay (`CLIENT_CAPABILITIES`),
+because servers hide tools that need one the client lacks; a request reaching a caller that
+cannot answer it gets a JSON-RPC error, as if that caller had been asked directly.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+from mcp.shared.exceptions import MCPError
+
+from proxy import wire
+
+# The server-to-client requests the gateway relays, by the client capability each needs.
+RELAYED = {
+    "sampling/createMessage": "sampling",
+    "elicitation/create": "elicitation",
+    "roots/list": "roots",
+}
+# What the gateway's upstream sessions declare (2025 handshake and 2026 request `_meta`).
+CLIENT_CAPABILITIES: dict[str, Any] = {
+    "sampling": {},
+    "elicitation": {"form": {}, "url": {}},
+    "roots": {"listChanged": True},
+}
+
+
+class Caller(Protocol):
+    """The downstream client a call came from, as far as its upstream may reach it."""
+
+    def can(self, capability: str) -> bool:
+        """Did the client declare `capability` (`sampling`, `elicitation`, `roots`)?"""
+
+    async def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Send the client a request and return its result (MCPError for its error)."""
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        """Tell the client about its call (log messages, progress)."""
+
+
+caller: ContextVar[Caller | None] = ContextVar("junction_caller", default=None)
+
+
+def interactive() -> bool:
+    """Can the current caller be asked anything?"""
+    current = caller.get()
+    return current is not None and any(current.can(c) for c in set(RELAYED.values()))
+
+
+async def answer(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The current caller's answer to an upstream's request; MCPError when nobody can answer."""
+    capability = RELAYED.get(method)
+    if capability is None:
+        raise MCPError(wire.METHOD_NOT_FOUND, f"{method} is not supported by the gateway")
+    current = caller.get()
+    if current is None or not current.can(capability):
+        raise MCPError(wire.METHOD_NOT_FOUND, f"the client did not declare the {capability} capability")
+    return await current.ask(method, params)
+
+
+async def tell(method: str, params: dict[str, Any]) -> bool:
+    """Pass a notification about the current call to its caller; False when there is none."""
+    current = caller.get()
+    if current is None:
+        return False
+    await current.notify(method, params)
+    return True

@@ -1,0 +1,177 @@
+"""The whole protocol through `/mcp/{ns}`: resources, prompts, completions, change
+notifications, and an upstream's requests (sampling, elicitation, roots) relayed to the client
+whose call caused them.
+
+The upstreams are real: the MCP project's ``server-everything`` (TypeScript SDK, 2025 era) and
+SDK-built servers from ``tests/upstreams/server.py``. The clients are the SDK's, in both eras.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx2
+import mcp.types as types
+import pytest
+from conftest import Gateway, Upstream
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from proxy.gateway import uris
+
+pytestmark = pytest.mark.anyio
+LIMIT = 20.0  # seconds for any one exchange: a hang fails the test instead of stalling the run
+_namespaces = iter(range(1, 1_000_000))
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    shared = Gateway(tmp_path_factory.mktemp("namespace-protocol")).start(attempts=3)
+    yield shared
+    shared.stop()
+
+
+def namespace_with(gateway: Gateway, connections: dict[str, str]) -> str:
+    ns = f"np{next(_namespaces)}"
+    with gateway.client() as client:
+        assert client.put(f"/namespaces/{ns}").status_code in (200, 201)
+        for cid, url in connections.items():
+            response = client.put(f"/{ns}/{cid}", json={"mcpUrl": url})
+            assert response.status_code in (200, 201), response.text
+    return ns
+
+
+@asynccontextmanager
+async def client_of(
+    gateway: Gateway, ns: str, mode: str = "legacy", **callbacks: Any
+) -> AsyncIterator[Client]:
+    http = httpx2.AsyncClient(
+        headers={"Authorization": f"Bearer {gateway.admin_key}"}, timeout=httpx2.Timeout(LIMIT, read=60)
+    )
+    async with (
+        http,
+        Client(streamable_http_client(gateway.mcp_url(ns), http_client=http), mode=mode, **callbacks) as c,
+    ):
+        yield c
+
+
+async def test_resources_prompts_and_completion_of_every_connection(
+    gw: Gateway, everything_upstream: Upstream
+) -> None:
+    ns = namespace_with(gw, {"ev": everything_upstream.url, "ev2": everything_upstream.url})
+    with anyio.fail_after(LIMIT * 3):
+        async with client_of(gw, ns) as client:
+            caps = client.server_capabilities
+            assert caps is not None and caps.resources is not None and caps.prompts is not None
+            assert caps.completions is not None
+            resources = (await client.list_resources()).resources
+            by_connection = {uris.resolve(r.uri)[0] for r in resources}  # type: ignore[index]
+            assert by_connection == {"ev", "ev2"}
+            first = next(r for r in resources if r.uri.startswith("demo://ev.") or "://ev." in r.uri)
+            read = await client.read_resource(first.uri)
+            assert read.contents and read.contents[0].uri == first.uri  # exposed URIs come back
+            templates = (await client.list_resource_templates()).resource_templates
+            assert templates and all("://ev" in t.uri_template for t in templates)
+
+            prompts = (await client.list_prompts()).prompts
+            names = {p.name for p in prompts}
+            assert "ev__simple-prompt" in names and "ev2__simple-prompt" in names, names
+            got = await client.get_prompt("ev2__simple-prompt")
+            assert got.messages
+            args_prompt = next(p for p in prompts if p.name == "ev__args-prompt")
+            assert args_prompt.arguments
+            completion = await client.complete(
+                types.PromptReference(type="ref/prompt", name="ev__completable-prompt"),
+                {"name": "department", "value": "E"},
+            )
+            assert completion.completion.values, completion
+
+
+async def test_sampling_and_elicitation_reach_the_calling_client(
+    gw: Gateway, everything_upstream: Upstream
+) -> None:
+    ns = namespace_with(gw, {"ev": everything_upstream.url})
+    seen: list[str] = []
+
+    async def sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        seen.append("sampling")
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="SAMPLED-42"), model="test-model"
+        )
+
+    async def elicitation(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        seen.append("elicitation")
+        return types.ElicitResult(action="accept", content={"color": "teal"})
+
+    with anyio.fail_after(LIMIT * 3):
+        async with client_of(gw, ns, sampling_callback=sampling, elicitation_callback=elicitation) as client:
+            tools = {t.name for t in (await client.list_tools()).tools}
+            # server-everything offers these only to a client that declared the capability.
+            assert {"ev__trigger-sampling-request", "ev__trigger-elicitation-request"} <= tools, tools
+            sampled = await client.call_tool("ev__trigger-sampling-request", {"prompt": "hi", "maxTokens": 5})
+            assert "SAMPLED-42" in json.dumps(sampled.model_dump(mode="json")), sampled
+            elicited = await client.call_tool("ev__trigger-elicitation-request", {})
+            assert "teal" in json.dumps(elicited.model_dump(mode="json")), elicited
+    assert seen == ["sampling", "elicitation"]
+
+
+async def test_three_concurrent_clients_each_answer_their_own_elicitation(
+    gw: Gateway, everything_upstream: Upstream
+) -> None:
+    ns = namespace_with(gw, {"ev": everything_upstream.url})
+    results: dict[str, str] = {}
+    asked: dict[str, int] = {}
+
+    async def one(name: str) -> None:
+        async def elicitation(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+            asked[name] = asked.get(name, 0) + 1
+            await anyio.sleep(0.05)  # overlap the three round trips
+            return types.ElicitResult(action="accept", content={"color": f"ANSWER-{name}"})
+
+        async with client_of(gw, ns, elicitation_callback=elicitation) as client:
+            result = await client.call_tool("ev__trigger-elicitation-request", {})
+            results[name] = json.dumps(result.model_dump(mode="json"))
+
+    with anyio.fail_after(LIMIT * 3):
+        async with anyio.create_task_group() as tg:
+            for name in "ABC":
+                tg.start_soon(one, name)
+    assert asked == {"A": 1, "B": 1, "C": 1}
+    for name in "ABC":
+        assert f"ANSWER-{name}" in results[name]
+        assert all(f"ANSWER-{other}" not in results[name] for other in "ABC" if other != name)
+
+
+async def test_a_client_without_the_capability_is_not_asked(
+    gw: Gateway, everything_upstream: Upstream
+) -> None:
+    ns = namespace_with(gw, {"ev": everything_upstream.url})
+    with anyio.fail_after(LIMIT * 2):
+        async with client_of(gw, ns) as client:
+            result = await client.call_tool("ev__trigger-sampling-request", {"prompt": "hi"})
+            text = json.dumps(result.model_dump(mode="json"))
+            assert result.is_error or "sampling" in text.lower(), text
+
+
+async def test_list_changes_reach_legacy_and_modern_clients(
+    gw: Gateway, everything_upstream: Upstream, modern_upstream: Upstream
+) -> None:
+    ns = namespace_with(gw, {"ev": everything_upstream.url})
+    changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    with anyio.fail_after(LIMIT * 2):
+        async with client_of(gw, ns, message_handler=on_message) as client:
+            await client.list_tools()
+            with gw.client() as rest:
+                assert rest.put(f"/{ns}/more", json={"mcpUrl": modern_upstream.url}).status_code in (200, 201)
+            await changed.wait()
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert any(n.startswith("more__") for n in names)
