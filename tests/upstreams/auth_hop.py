@@ -149,7 +149,17 @@ def main() -> None:
     if not key:
         parser.error("JUNCTION_HOP_KEY must hold the gateway key to add")
     app = AuthHop(args.target, key, args.port)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    # No Date or Server header of the hop's own: the gateway's pass through, and a second one would
+    # turn each into a list.
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+    )
 
 
 if __name__ == "__main__":
