@@ -46,6 +46,7 @@ from proxy.gateway.catalog import Catalog
 from proxy.gateway.endpoint import NAMESPACE_KEY, RPC_KEY, build_namespace_server, build_session_manager
 from proxy.gateway.events import NamespaceEvents
 from proxy.gateway.fastpath import ToolCallFastPath
+from proxy.gateway.mrtr import HeldCalls
 from proxy.gateway.offerings import Offerings
 from proxy.gateway.passthrough import Passthrough
 from proxy.gateway.passthrough import error_response as rpc_error_response
@@ -366,7 +367,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 events.upstream(key, method, params)
 
             pool.on_upstream_event(announced)
-            server = build_namespace_server(directory, catalog, settings, offerings, events)
+            held = HeldCalls(tg, vault)
+            server = build_namespace_server(directory, catalog, settings, offerings, events, held)
             manager = build_session_manager(server, settings)
             authentication = Authentication(service_tokens, api_keys)
             oauth_server = AuthorizationServer(settings, store, vault, service_tokens, authentication)

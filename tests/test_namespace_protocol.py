@@ -175,3 +175,82 @@ async def test_list_changes_reach_legacy_and_modern_clients(
             await changed.wait()
             names = {t.name for t in (await client.list_tools()).tools}
             assert any(n.startswith("more__") for n in names)
+
+
+async def test_a_2026_client_answers_through_input_required_results(
+    gw: Gateway, everything_upstream: Upstream
+) -> None:
+    """A 2026-07-28 client has no back-channel: the question of a 2025 upstream comes back as an
+    `input_required` result, the SDK client answers and retries, and the held call finishes."""
+    ns = namespace_with(gw, {"ev": everything_upstream.url})
+    asked: list[str] = []
+
+    async def sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        asked.append("sampling")
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="MODERN-SAMPLE"), model="m"
+        )
+
+    async def elicitation(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append("elicitation")
+        return types.ElicitResult(action="accept", content={"color": "MODERN-ANSWER"})
+
+    with anyio.fail_after(LIMIT * 3):
+        async with client_of(
+            gw, ns, mode="2026-07-28", sampling_callback=sampling, elicitation_callback=elicitation
+        ) as client:
+            assert client.protocol_version == "2026-07-28"
+            elicited = await client.call_tool("ev__trigger-elicitation-request", {})
+            assert "MODERN-ANSWER" in json.dumps(elicited.model_dump(mode="json")), elicited
+            sampled = await client.call_tool("ev__trigger-sampling-request", {"prompt": "hi", "maxTokens": 5})
+            assert "MODERN-SAMPLE" in json.dumps(sampled.model_dump(mode="json")), sampled
+    assert asked == ["elicitation", "sampling"]
+
+
+async def test_a_forged_or_foreign_request_state_is_refused(
+    gw: Gateway, everything_upstream: Upstream
+) -> None:
+    ns = namespace_with(gw, {"ev": everything_upstream.url})
+    headers = {
+        "Authorization": f"Bearer {gw.admin_key}",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "ev__trigger-elicitation-request",
+    }
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
+    }
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "ev__trigger-elicitation-request", "arguments": {}, "_meta": meta},
+    }
+    with httpx2.Client(timeout=LIMIT) as http:
+        first = http.post(gw.mcp_url(ns), json=body, headers=headers)
+        assert first.status_code == 200, first.text
+        result = first.json()["result"]
+        assert result["resultType"] == "input_required"
+        (key,) = result["inputRequests"]
+        assert result["inputRequests"][key]["method"] == "elicitation/create"
+        state = result["requestState"]
+        answer = {"action": "accept", "content": {"color": "RAW"}}
+        forged = {
+            **body,
+            "id": 2,
+            "params": {
+                **body["params"],
+                "requestState": state[:-4] + "AAAA",
+                "inputResponses": {key: answer},
+            },
+        }
+        refused = http.post(gw.mcp_url(ns), json=forged, headers=headers).json()
+        assert refused["error"]["code"] == -32602, refused
+        other = {**forged, "params": {**forged["params"], "name": "ev__echo", "requestState": state}}
+        refused = http.post(gw.mcp_url(ns), json=other, headers={**headers, "mcp-name": "ev__echo"}).json()
+        assert refused["error"]["code"] == -32602, refused  # bound to the tool it was issued for
+        good = {**forged, "params": {**forged["params"], "requestState": state}}
+        done = http.post(gw.mcp_url(ns), json=good, headers=headers)
+        assert "RAW" in done.text, done.text

@@ -34,6 +34,7 @@ from proxy.gateway.budget import META_NAMES, call_meta, limits_for
 from proxy.gateway.callers import LogLevels, SessionCaller
 from proxy.gateway.catalog import Catalog
 from proxy.gateway.events import NamespaceEvents, Sink
+from proxy.gateway.mrtr import HeldCalls, modern_capabilities
 from proxy.gateway.names import NameStyle, choose_style
 from proxy.gateway.offerings import Offerings
 from proxy.settings import Settings
@@ -81,7 +82,12 @@ async def call_for_mcp(
 ) -> dict[str, Any]:
     """A `tools/call` result for MCP clients: upstream failures become readable tool errors."""
     try:
-        return await catalog.call(namespace, principal, name, arguments, meta=meta, notify=notify, rpc=rpc)
+        result = await catalog.call(namespace, principal, name, arguments, meta=meta, notify=notify, rpc=rpc)
+        if result.get("resultType") == "input_required":
+            # Only a caller that cannot be asked gets here (the SDK path answers the questions).
+            text = "the tool needs input from the client (sampling or elicitation), which this client cannot give"
+            return {"content": [{"type": "text", "text": text}], "isError": True}
+        return result
     except NotFound as exc:
         raise MCPError(-32602, exc.message) from exc
     except UpstreamError as exc:
@@ -115,6 +121,7 @@ def build_namespace_server(
     settings: Settings,
     offerings: Offerings | None = None,
     events: NamespaceEvents | None = None,
+    held: HeldCalls | None = None,
 ) -> Server[Any]:
     """The MCP server behind every `/mcp/{ns}` (the namespace comes from the request)."""
     offer = offerings or Offerings(directory, catalog, settings.fanout_timeout)
@@ -132,6 +139,31 @@ def build_namespace_server(
 
     def caller_for(ctx: ServerRequestContext[Any, Any], request: Request) -> SessionCaller:
         return SessionCaller(ctx, levels, request.headers.get("mcp-session-id"))
+
+    async def interactive(
+        ctx: ServerRequestContext[Any, Any],
+        namespace: str,
+        principal: Principal,
+        request: Request,
+        target: str,
+        run: Any,
+    ) -> dict[str, Any]:
+        """Run `run()` with the client reachable by the upstream: on its own stream (legacy), or
+        through held calls and `input_required` results (2026-07-28)."""
+        if ctx.protocol_version in wire.MODERN_VERSIONS and held is not None:
+            return await held.run(
+                namespace,
+                principal,
+                target,
+                modern_capabilities(ctx.meta),
+                dict(ctx.params or {}),
+                run,
+            )
+        reset = relay.caller.set(caller_for(ctx, request))
+        try:
+            return await run()  # type: ignore[no-any-return]
+        finally:
+            relay.caller.reset(reset)
 
     async def routed(coro: Any) -> dict[str, Any]:
         try:
@@ -215,12 +247,12 @@ def build_namespace_server(
                 await ctx.session.report_progress(p.get("progress", 0), p.get("total"), p.get("message"))
 
         meta = {"progressToken": token} if token is not None else None
-        reset = relay.caller.set(caller_for(ctx, request))
-        try:
+
+        async def run() -> dict[str, Any]:
             if params.name in META_NAMES:  # a tool budget's meta-tool (or a tool of that name)
                 style = await style_of(ctx, namespace, request)
                 limits = limits_for(settings, await directory.namespace(namespace), _client_name(ctx))
-                result = await call_meta(
+                return await call_meta(
                     catalog,
                     namespace,
                     principal,
@@ -233,20 +265,23 @@ def build_namespace_server(
                     notify=notify,
                     rpc=_rpc(request),
                 )
-            else:
-                result = await call_for_mcp(
-                    catalog,
-                    namespace,
-                    principal,
-                    params.name,
-                    params.arguments,
-                    meta=meta,
-                    notify=notify,
-                    rpc=_rpc(request),
-                )
+            return await call_for_mcp(
+                catalog,
+                namespace,
+                principal,
+                params.name,
+                params.arguments,
+                meta=meta,
+                notify=notify,
+                rpc=_rpc(request),
+            )
+
+        try:
+            result = await interactive(ctx, namespace, principal, request, f"tools/call:{params.name}", run)
         finally:
             answered = True
-            relay.caller.reset(reset)
+        if result.get("resultType") == "input_required":
+            return types.InputRequiredResult.model_validate(result)  # type: ignore[return-value]
         return types.CallToolResult.model_validate(wire.legacy_result(result))
 
     # resources and prompts
@@ -270,11 +305,14 @@ def build_namespace_server(
         ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult:
         namespace, principal, request = _caller(ctx)
-        reset = relay.caller.set(caller_for(ctx, request))
-        try:
-            result = await routed(offer.read(namespace, principal, _dump(params), _rpc(request)))
-        finally:
-            relay.caller.reset(reset)
+        fields = {k: v for k, v in _dump(params).items() if k not in ("inputResponses", "requestState")}
+
+        async def run() -> dict[str, Any]:
+            return await routed(offer.read(namespace, principal, fields, _rpc(request)))
+
+        result = await interactive(ctx, namespace, principal, request, f"resources/read:{params.uri}", run)
+        if result.get("resultType") == "input_required":
+            return types.InputRequiredResult.model_validate(result)  # type: ignore[return-value]
         return types.ReadResourceResult.model_validate(result)
 
     async def subscribe(
@@ -315,11 +353,14 @@ def build_namespace_server(
         ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
     ) -> types.GetPromptResult:
         namespace, principal, request = _caller(ctx)
-        reset = relay.caller.set(caller_for(ctx, request))
-        try:
-            result = await routed(offer.get_prompt(namespace, principal, _dump(params), _rpc(request)))
-        finally:
-            relay.caller.reset(reset)
+        fields = {k: v for k, v in _dump(params).items() if k not in ("inputResponses", "requestState")}
+
+        async def run() -> dict[str, Any]:
+            return await routed(offer.get_prompt(namespace, principal, fields, _rpc(request)))
+
+        result = await interactive(ctx, namespace, principal, request, f"prompts/get:{params.name}", run)
+        if result.get("resultType") == "input_required":
+            return types.InputRequiredResult.model_validate(result)  # type: ignore[return-value]
         return types.GetPromptResult.model_validate(result)
 
     async def complete(

@@ -72,7 +72,8 @@ class FastLane:
         self.max_result_bytes = max_result_bytes
         self._meta = {
             wire.META_VERSION: protocol_version,
-            wire.META_CAPABILITIES: relay.CLIENT_CAPABILITIES,
+            # Calls that can be asked things take the SDK path: a fast-lane caller declares none.
+            wire.META_CAPABILITIES: {},
             wire.META_CLIENT_INFO: _CLIENT_INFO,
         }
         self._heads_for: int | None = None
