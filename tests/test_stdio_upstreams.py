@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -400,3 +401,53 @@ def test_server_everything_over_stdio(stdio_gateway: Gateway, tmp_path: Path) ->
     assert {"ev__echo", "ev__get-sum", "ev__get-env"} <= tools, tools
     assert text == "The sum of 2 and 3 is 5."
     assert EVERYTHING_PACKAGES[EVERYTHING]  # the pinned version this ran against
+
+
+# --- the CLI --------------------------------------------------------------------------------------
+
+
+def junction(gateway: Gateway, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m proxy ...` against `gateway` with its admin key."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("JUNCTION_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        cwd=REPO_ROOT,
+        env={**base, "JUNCTION_URL": gateway.url, "JUNCTION_API_KEY": gateway.admin_key, **env},
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def test_junction_mcp_add_stdio_runs_a_command(stdio_gateway: Gateway) -> None:
+    with stdio_gateway.client(timeout=CALL_LIMIT) as client:
+        ns = new_namespace(client)
+    added = junction(
+        stdio_gateway,
+        *("mcp", "add", "-n", ns, "--id", "p", "--stdio", "--env", "API_TOKEN", "--env", "MODE=cli"),
+        *("--cwd", str(REPO_ROOT), "--", sys.executable, "-m", "tests.upstreams.server"),
+        *("--kind", "process", "--stdio"),
+        API_TOKEN=SECRET,  # `--env NAME` takes this shell's value: it never is on the command line
+    )
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert (
+        f"url:      stdio: {sys.executable} -m tests.upstreams.server --kind process --stdio" in added.stdout
+    )
+    assert "env:      API_TOKEN, MODE (values are write-only)" in added.stdout
+    assert "status:   connected" in added.stdout
+    assert SECRET not in added.stdout + added.stderr
+    with stdio_gateway.client(timeout=CALL_LIMIT) as client:
+        assert call(client, ns, "p", "env", {"name": "API_TOKEN"})["structuredContent"] == {"value": SECRET}
+        assert call(client, ns, "p", "env", {"name": "MODE"})["structuredContent"] == {"value": "cli"}
+    listed = junction(stdio_gateway, "mcp", "list", "-n", ns)
+    assert "stdio: " in listed.stdout and "connected" in listed.stdout, listed.stdout
+    called = junction(stdio_gateway, "tool", "call", "-n", ns, "p", "echo", '{"text": "from the cli"}')
+    assert called.returncode == 0 and "from the cli" in called.stdout, called.stdout + called.stderr
+
+    misuse = junction(stdio_gateway, "mcp", "add", "-n", ns, "http://127.0.0.1:1/mcp", "--", "extra")
+    assert misuse.returncode == 2 and "for --stdio" in misuse.stderr
+    unset = junction(stdio_gateway, "mcp", "add", "-n", ns, "--stdio", "--env", "NOT_SET_ANYWHERE", "cmd")
+    assert unset.returncode == 2 and "NOT_SET_ANYWHERE is not set" in unset.stderr

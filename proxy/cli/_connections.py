@@ -25,10 +25,10 @@ from proxy.cli._output import (
     emit_json,
     missing_fields,
     setup_url,
-    show_connection,
     status_text,
     table,
 )
+from proxy.cli._stdio import show, stdio_env, where
 
 PAGE_LIMIT = 100  # the most the gateway returns per page
 DEFAULT_WAIT = 300.0  # seconds `mcp add` waits for authorization in the browser
@@ -240,6 +240,7 @@ def open_browser(url: str) -> bool:
 
 @mcp.command("add")
 @click.argument("url")
+@click.argument("command_args", nargs=-1, metavar="[-- ARGS...]")
 @click.option("--id", "connection_id", help="Connection id; creates or updates it.")
 @click.option("--new", "always_new", is_flag=True, help="Add a connection even if one has this URL already.")
 @click.option("--name", help="Display name.")
@@ -247,6 +248,23 @@ def open_browser(url: str) -> bool:
 @click.option(
     "--headers",
     help=f"JSON object of headers sent upstream (stored encrypted, never shown); {FROM_FILE_HELP}.",
+)
+@click.option(
+    "--stdio",
+    is_flag=True,
+    help="URL is a command the gateway runs (a stdio MCP server), ARGS its arguments after `--`. "
+    "Needs an admin API key and a gateway with allow_stdio_upstreams.",
+)
+@click.option(
+    "--env",
+    "env_items",
+    multiple=True,
+    metavar="NAME[=VALUE]",
+    help="With --stdio: an environment variable of the command (stored encrypted, never shown); "
+    "NAME alone passes this shell's value. Repeatable.",
+)
+@click.option(
+    "--cwd", help="With --stdio: the command's working directory (an absolute path on the gateway host)."
 )
 @click.option(
     "--interactive/--no-interactive",
@@ -269,11 +287,15 @@ def open_browser(url: str) -> bool:
 @json_option
 def add(
     url: str,
+    command_args: tuple[str, ...],
     connection_id: str | None,
     always_new: bool,
     name: str | None,
     metadata: str | None,
     headers: str | None,
+    stdio: bool,
+    env_items: tuple[str, ...],
+    cwd: str | None,
     interactive: bool | None,
     wait_seconds: float,
     no_wait: bool,
@@ -294,13 +316,27 @@ def add(
     --wait seconds). Without a terminal (or with --no-interactive or --json) it only says what is
     missing and exits 0: the connection is saved. Exits 1, after showing the connection, when it
     is saved but cannot connect.
+
+    With --stdio, the gateway runs a local MCP server instead: `junction mcp add --stdio --env
+    API_KEY -- npx -y some-mcp-server --flag` (URL is then the command; everything after `--` goes
+    to it). Without --id it always adds a connection.
     """
     if connection_id and always_new:
         raise click.UsageError("--id and --new exclude each other")
     if as_json and interactive:
         raise click.UsageError("--json and --interactive exclude each other")
-    catalog = not is_url(url)
+    if not stdio and (command_args or env_items or cwd):
+        raise click.UsageError("arguments after the URL, --env and --cwd are for --stdio")
+    if stdio and headers:
+        raise click.UsageError("--headers is for URLs; a --stdio command gets --env")
+    catalog = not is_url(url) and not stdio
     body: dict[str, Any] = {"server": url} if catalog else {"mcpUrl": url}
+    if stdio:
+        body = {"transport": "stdio", "command": url, "args": list(command_args)}
+        if env_items:
+            body["env"] = stdio_env(env_items)
+        if cwd:
+            body["cwd"] = cwd
     if name:
         body["name"] = name
     if (meta := json_object(metadata, "--metadata")) is not None:
@@ -309,7 +345,9 @@ def add(
         body["headers"] = hdrs
     path = f"/{segment(current_namespace(namespace))}"
     api = Api.from_env()
-    reused = None if connection_id or always_new or catalog else _same_connection(api, path, url, meta)
+    reused = (
+        None if connection_id or always_new or catalog or stdio else _same_connection(api, path, url, meta)
+    )
     if connection_id or reused:
         data = api.request("PUT", f"{path}/{segment(connection_id or str(reused))}", json_body=body)
     else:
@@ -317,7 +355,7 @@ def add(
     if not as_json:
         if reused:
             click.echo(f"Updated connection {reused}, which has this URL (--new adds another)", err=True)
-        show_connection(data)
+        show(data)
     cid = str(data.get("connectionId") or connection_id or reused)
     setup = Setup(api, f"{path}/{segment(cid)}", cid, f" -n {shlex.quote(namespace)}" if namespace else "")
     if interactive is None:
@@ -367,7 +405,7 @@ def list_connections(metadata: str | None, limit: int | None, namespace: str | N
         return
     table(
         ["id", "name", "status", "url"],
-        [[c["connectionId"], c.get("name"), clip(status_text(c), 60), c.get("mcpUrl")] for c in items],
+        [[c["connectionId"], c.get("name"), clip(status_text(c), 60), where(c)] for c in items],
     )
 
 
@@ -382,7 +420,7 @@ def get(connection_id: str, namespace: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(data)
     else:
-        show_connection(data)
+        show(data)
 
 
 @mcp.command("remove")
