@@ -23,20 +23,19 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
 import httpx2
 from anyio.abc import TaskGroup
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
 
 from proxy import wire
 from proxy.directory import Directory
 from proxy.errors import JunctionError, NotFound, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from proxy.redact import Redactor
+from proxy.gateway.relayed_events import RelayedEvents
 from proxy.settings import Settings
 from proxy.upstream._clients import tls_context
 from proxy.upstream._pinned import pinned_transport
@@ -217,6 +216,24 @@ class Relay:
         relay.active -= 1
         relay.last_used = time.monotonic()
 
+    def _stream_hooks(
+        self, relay: RelaySession | None
+    ) -> tuple[Callable[[anyio.CancelScope], None], Callable[[anyio.CancelScope], None]]:
+        """What a session's open stream tells it: opened (ended sessions close it), closed."""
+
+        def opened(scope: anyio.CancelScope) -> None:
+            if relay is not None:
+                relay.streams.add(scope)
+                if relay.ended:
+                    scope.cancel()
+
+        def closed(scope: anyio.CancelScope) -> None:
+            if relay is not None:
+                relay.streams.discard(scope)
+                self._done(relay)
+
+        return opened, closed
+
     async def _answer(
         self,
         response: httpx2.Response,
@@ -235,7 +252,7 @@ class Relay:
         if response.status_code == 200 and content_type.startswith("text/event-stream"):
             if relay is not None and not counted:
                 relay.active += 1
-            return _EventStream(response, headers, redactor, limit, relay, self._done)
+            return RelayedEvents(response, headers, redactor, limit, *self._stream_hooks(relay))
         try:
             body = await _read(response, limit)
         finally:
@@ -263,7 +280,9 @@ class Relay:
         """One request to the upstream with its credentials; a refusal they may fix gets new
         credentials and one retry, as on the SDK path and the fast lane."""
         config = upstream.config
-        read = None if method == "GET" else config.call_timeout + 5  # a GET stream may idle for long
+        # A GET stream, or a 2026-07-28 `subscriptions/listen`, may idle for long.
+        listening = method == "GET" or headers.get("mcp-method") == "subscriptions/listen"
+        read = None if listening else config.call_timeout + 5
         timeout = httpx2.Timeout(config.connect_timeout, read=read)
         http = self._client()
         for attempt in (1, 2):
@@ -335,72 +354,3 @@ async def _read(response: httpx2.Response, limit: int) -> bytes:
     except httpx2.HTTPError as exc:
         raise UpstreamUnavailable(f"the upstream broke off its answer ({type(exc).__name__})") from exc
     return b"".join(chunks)
-
-
-class _EventStream(StreamingResponse):
-    """An upstream's event stream handed on event by event as it arrives, each cleaned of
-    credentials. Ends when the upstream ends it, the client leaves, or the session ends."""
-
-    def __init__(
-        self,
-        source: httpx2.Response,
-        headers: Mapping[str, str],
-        redactor: Redactor,
-        limit: int,
-        relay: RelaySession | None,
-        done: Callable[[RelaySession], None],
-    ):
-        super().__init__(iter(()), source.status_code, dict(headers))
-        self._source = source
-        self._redactor = redactor
-        self._limit = limit
-        self._relay = relay
-        self._on_done = done
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope_ = anyio.CancelScope()
-        if self._relay is not None:
-            self._relay.streams.add(scope_)
-            if self._relay.ended:
-                scope_.cancel()
-        try:
-            with scope_:
-                await send(
-                    {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-                )
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
-                    await self._pump(send)
-                    tg.cancel_scope.cancel()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._source.aclose()
-            if self._relay is not None:
-                self._relay.streams.discard(scope_)
-                self._on_done(self._relay)
-
-    async def _pump(self, send: Send) -> None:
-        blocks = wire.SSEBlocks(self._limit)
-        redact = self._redactor.redact_bytes if self._redactor else None
-        try:
-            async for chunk in self._source.aiter_bytes():
-                for block in blocks.feed(chunk):
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": redact(block) if redact else block,
-                            "more_body": True,
-                        }
-                    )
-        except (httpx2.HTTPError, wire.WireError) as exc:
-            # The client sees the stream end, and may resume it with Last-Event-ID.
-            log.info("relayed stream from upstream ended: %s", type(exc).__name__)
-
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
