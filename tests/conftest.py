@@ -53,7 +53,17 @@ READY_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 LOG_TAIL_CHARS = 6000
 _T = TypeVar("_T")
-UPSTREAM_KINDS = ("modern", "legacy", "sse", "dotted", "slow", "paged", "config")
+UPSTREAM_KINDS = (
+    "modern",
+    "legacy",
+    "sse",
+    "dotted",
+    "slow",
+    "paged",
+    "config",
+    "changing",
+    "changing_legacy",
+)
 _SERIAL = itertools.count(1)  # distinct log file names
 
 

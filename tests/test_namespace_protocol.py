@@ -254,3 +254,34 @@ async def test_a_forged_or_foreign_request_state_is_refused(
         good = {**forged, "params": {**forged["params"], "requestState": state}}
         done = http.post(gw.mcp_url(ns), json=good, headers=headers)
         assert "RAW" in done.text, done.text
+
+
+@pytest.mark.parametrize("upstream_mode", ["legacy", "modern"])
+async def test_an_upstreams_new_tool_is_announced_to_both_eras(
+    gw: Gateway, start_upstream: Any, upstream_mode: str
+) -> None:
+    """An upstream announces a new tool (on its session stream, or on its subscriptions/listen
+    stream when it speaks 2026-07-28); a legacy client hears it on its GET stream, a 2026-07-28
+    client on its own subscriptions/listen stream, and both then list the new tool."""
+    upstream = start_upstream("changing_legacy" if upstream_mode == "legacy" else "changing")
+    ns = namespace_with(gw, {"ch": upstream.url})
+    legacy_heard = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            legacy_heard.set()
+
+    with anyio.fail_after(LIMIT * 2):
+        async with (
+            client_of(gw, ns, message_handler=on_message) as legacy,
+            client_of(gw, ns, mode="2026-07-28") as modern,
+        ):
+            assert {t.name for t in (await legacy.list_tools()).tools} == {"ch__echo", "ch__grow"}
+            async with modern.listen(tools_list_changed=True) as feed:
+                grown = await legacy.call_tool("ch__grow", {})
+                new_tool = "ch__" + grown.content[0].text  # type: ignore[union-attr]
+                await legacy_heard.wait()
+                async for _event in feed:
+                    break
+            assert new_tool in {t.name for t in (await modern.list_tools()).tools}
+            assert new_tool in {t.name for t in (await legacy.list_tools()).tools}

@@ -29,6 +29,7 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 from mcp_types.jsonrpc import CONNECTION_CLOSED
 from pydantic import TypeAdapter, ValidationError
 
@@ -72,6 +73,11 @@ StateListener = Callable[[Key, dict[str, Any], dict[str, Any] | None], Awaitable
 ToolsChangedListener = Callable[[Key], None]
 # Told of what an upstream announces to all its clients: (key, method, params).
 EventListener = Callable[[Key, str, dict[str, Any]], None]
+_EVENT_METHODS: dict[type[Any], str] = {
+    ToolsListChanged: "notifications/tools/list_changed",
+    PromptsListChanged: "notifications/prompts/list_changed",
+    ResourcesListChanged: "notifications/resources/list_changed",
+}
 _ANNOUNCED = (
     types.ToolListChangedNotification,
     types.ResourceListChangedNotification,
@@ -509,7 +515,11 @@ class UpstreamSession:
                     )
                 started = True
                 task_status.started(live)
-                await closed.wait()
+                async with anyio.create_task_group() as watchers:
+                    if client.protocol_version in wire.MODERN_VERSIONS:
+                        watchers.start_soon(self._listen, client)
+                    await closed.wait()
+                    watchers.cancel_scope.cancel()
         except Exception as exc:
             if not started:
                 raise
@@ -548,6 +558,31 @@ class UpstreamSession:
         if live is not None and live.client is live_client:
             live.closed.set()
             self._live = None
+
+    async def _listen(self, client: Client) -> None:
+        """A 2026-07-28 upstream announces list changes only on a `subscriptions/listen` stream:
+        keep one open for the session's life (re-opened after a drop, at most every 5 s)."""
+        caps = client.server_capabilities
+        if caps is None or not any(
+            getattr(getattr(caps, kind, None), "list_changed", False)
+            for kind in ("tools", "prompts", "resources")
+        ):
+            return
+        while True:
+            try:
+                async with client.listen(
+                    tools_list_changed=True, prompts_list_changed=True, resources_list_changed=True
+                ) as subscription:
+                    async for event in subscription:
+                        method = _EVENT_METHODS.get(type(event))
+                        if method is None:
+                            continue
+                        if method == "notifications/tools/list_changed":
+                            self.tools.invalidate()
+                        self._pool.upstream_event(self.key, method, {})
+            except Exception as exc:  # noqa: BLE001 - the session's own failure handling reports it
+                log.info("upstream %s/%s: change feed ended: %s", *self.key, describe_failure(exc))
+            await anyio.sleep(5)
 
     async def _on_message(self, message: Any) -> None:
         if isinstance(message, types.ToolListChangedNotification):

@@ -54,6 +54,7 @@ import uvicorn
 from mcp.server import Server, ServerRequestContext
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import (
     CallToolRequestParams,
@@ -69,7 +70,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-KINDS = ("modern", "legacy", "sse", "dotted", "slow", "paged", "config", "process")
+KINDS = (
+    "modern",
+    "legacy",
+    "sse",
+    "dotted",
+    "slow",
+    "paged",
+    "config",
+    "process",
+    "changing",
+    "changing_legacy",
+)
 ECHO_AUTH_ERRORS = ("initialize", "call", "http", "http-json")
 # The protocol revisions a 2025-era server knows (all of them negotiated through `initialize`).
 HANDSHAKE_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
@@ -286,6 +298,8 @@ TOOLS: dict[str, list[ToolSpec]] = {
     "paged": PAGED,
     "config": CONFIG,
     "process": PROCESS,
+    "changing": [ECHO],  # plus `grow`, which adds a tool and announces it (see build_server)
+    "changing_legacy": [ECHO],  # the same, speaking only the 2025 era
 }
 # The `config` kind's configuration: a JSON Schema (draft-07) served at /.well-known/mcp-config.
 CONFIG_SCHEMA: dict[str, Any] = {
@@ -312,7 +326,21 @@ CONFIG_SCHEMA: dict[str, Any] = {
 
 
 def build_server(kind: str, list_delay: float = 0.0) -> Server[Any]:
-    specs = TOOLS[kind]
+    specs = list(TOOLS[kind])
+    bus = InMemorySubscriptionBus()
+    if kind.startswith("changing"):
+
+        async def _grow(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+            """Add a tool, then tell clients in both eras: a legacy session on its stream, and
+            2026-07-28 clients on their subscriptions/listen streams."""
+            name = f"grown_{len(tools)}"
+            tools.append(Tool(name=name, description="Added by grow", input_schema={"type": "object"}))
+            handlers[name] = _constant(name)
+            await ctx.session.send_tool_list_changed()
+            await bus.publish(ToolsListChanged())
+            return _text(name)
+
+        specs.append(_spec("grow", "Add a tool and announce the change", _grow, _schema()))
     handlers = {spec.tool.name: spec.handler for spec in specs}
     tools = [spec.tool for spec in specs]
     page_size = PAGE_SIZE if kind == "paged" else len(tools)
@@ -332,7 +360,14 @@ def build_server(kind: str, list_delay: float = 0.0) -> Server[Any]:
             return _text(f"unknown tool {params.name}", is_error=True)
         return await handler(ctx, dict(params.arguments or {}))
 
-    return Server(f"test-{kind}", version="1.0.0", on_list_tools=list_tools, on_call_tool=call_tool)
+    listen = ListenHandler(bus) if kind.startswith("changing") else None
+    return Server(
+        f"test-{kind}",
+        version="1.0.0",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_subscriptions_listen=listen,
+    )
 
 
 # --- transports ----------------------------------------------------------------------------------
@@ -467,7 +502,10 @@ def build_app(kind: str, list_delay: float | None = None, echo_auth_errors: str 
     if kind == "sse":
         return _sse_app(server)
     return _streamable_http_app(
-        server, legacy_only=kind == "legacy", echo_auth_errors=echo_auth_errors, config=kind == "config"
+        server,
+        legacy_only=kind in ("legacy", "changing_legacy"),
+        echo_auth_errors=echo_auth_errors,
+        config=kind == "config",
     )
 
 
