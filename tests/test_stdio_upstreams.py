@@ -106,15 +106,18 @@ def status_of(client: httpx2.Client, ns: str, cid: str) -> dict[str, Any]:
     return status
 
 
-def mcp_session(gateway: Gateway, ns: str, mode: str, body: Callable[[Client], Any]) -> Any:
-    """Run `body` with an SDK client on ``/mcp/{ns}`` in `mode` (``legacy`` or ``auto``)."""
+def mcp_session(
+    gateway: Gateway, ns: str, mode: str, body: Callable[[Client], Any], conn: str | None = None
+) -> Any:
+    """Run `body` with an SDK client on ``/mcp/{ns}`` (or the passthrough ``/mcp/{ns}/{conn}``)
+    in `mode` (``legacy`` or ``auto``)."""
 
     async def main() -> Any:
         headers = {"Authorization": f"Bearer {gateway.admin_key}"}
         async with httpx2.AsyncClient(headers=headers, timeout=CALL_LIMIT) as http:
             with anyio.fail_after(4 * CALL_LIMIT):
                 async with Client(
-                    streamable_http_client(gateway.mcp_url(ns), http_client=http),
+                    streamable_http_client(gateway.mcp_url(ns, conn), http_client=http),
                     mode=mode,
                     read_timeout_seconds=CALL_LIMIT,
                 ) as client:
@@ -251,6 +254,15 @@ def test_a_stdio_server_works_through_rest_and_the_namespace_endpoint(stdio_gate
         tools, text = mcp_session(stdio_gateway, ns, mode, body)
         assert {"p__echo", "p__env", "p__pid"} <= tools
         assert text == f"via {mode}"
+
+    async def passthrough(session: Client) -> tuple[set[str], str]:
+        tools = {t.name for t in (await session.list_tools()).tools}
+        result = await session.call_tool("echo", {"text": "one connection"})
+        return tools, result.content[0].text  # type: ignore[union-attr]
+
+    tools, text = mcp_session(stdio_gateway, ns, "legacy", passthrough, conn="p")
+    assert tools == {"echo", "env", "pid", "stderr", "exit"}
+    assert text == "one connection"
 
 
 def test_stderr_reaches_the_gateway_log_without_env_values(stdio_gateway: Gateway) -> None:
