@@ -89,3 +89,51 @@ def test_inspector_without_a_key_is_told_to_authenticate(inspector: Node, gatewa
     # Exit code 3 and `auth_required` are how the Inspector's CLI reports a server that wants a login.
     assert run.returncode == 3 and '"auth_required"' in run.stderr, run.describe()
     assert any(r["path"] == f"/mcp/{ns}" and r["status"] == 401 for r in run.requests), run.describe()
+
+
+@pytest.mark.parametrize("era", ["legacy", "modern"])
+def test_inspector_sees_resources_and_prompts_of_every_connection(
+    inspector: Node, gateway: Any, everything_upstream: Any, modern_upstream: Any, era: str
+) -> None:
+    """Resources and prompts of a third-party server come through `/mcp/{ns}` with their
+    connection in the URI and the name, and read and get through those exposed forms."""
+    ns = f"insp-{uuid.uuid4().hex[:8]}"
+    with gateway.client() as http:
+        assert http.put(f"/namespaces/{ns}").status_code in (200, 201)
+        for cid, upstream in (("ev", everything_upstream), ("echo", modern_upstream)):
+            created = http.put(f"/{ns}/{cid}", json={"mcpUrl": upstream.url})
+            assert created.status_code in (200, 201), created.text
+    url = gateway.mcp_url(ns)
+    auth = ("--header", f"Authorization: Bearer {gateway.admin_key}", "--protocol-era", era)
+
+    listing = _json(
+        _run(inspector, gateway, url, *auth, "--method", "resources/list", "--format", "json").ok()
+    )
+    resources = listing["result"]["resources"]
+    assert resources and all("://ev." in r["uri"] for r in resources), resources
+    uri = resources[0]["uri"]
+    read = _json(
+        _run(
+            inspector, gateway, url, *auth, "--method", "resources/read", "--uri", uri, "--format", "json"
+        ).ok()
+    )
+    assert read["result"]["contents"][0]["uri"] == uri
+
+    prompts = _json(_run(inspector, gateway, url, *auth, "--method", "prompts/list", "--format", "json").ok())
+    names = {p["name"] for p in prompts["result"]["prompts"]}
+    assert "ev__simple-prompt" in names, names
+    got = _run(
+        inspector,
+        gateway,
+        url,
+        *auth,
+        "--method",
+        "prompts/get",
+        "--prompt-name",
+        "ev__args-prompt",
+        "--prompt-args",
+        "city=Paris",
+        "--format",
+        "json",
+    ).ok()
+    assert "Paris" in got.stdout, got.describe()
