@@ -72,6 +72,8 @@ class Sender(Protocol):
 
     async def send(self, item: SessionMessage, /) -> None: ...
 
+    async def aclose(self) -> None: ...
+
 
 class LinkLost(Exception):
     """The HTTP session to the gateway is gone; `sent` says whether requests may have arrived."""
@@ -119,6 +121,7 @@ class Bridge:
         self._down = False  # the last attempts all failed: fail fast until the gateway answers again
         self._heard = False  # the gateway sent something on the current link
         self._inbox_send, self._inbox = anyio.create_memory_object_stream[SessionMessage](INBOX_SIZE)
+        self._agent_gone = anyio.Event()  # stdin closed: MCP's stdio shutdown signal
 
     def __repr__(self) -> str:  # never the key
         return f"Bridge(url={self.url!r})"
@@ -130,18 +133,22 @@ class Bridge:
             tg.start_soon(self._read_agent, client_read)
             await self._supervise()
             tg.cancel_scope.cancel()
+        await client_write.aclose()  # the stdout writer ends, so the process exits at once
 
     async def _read_agent(self, client_read: Receiver) -> None:
-        async with self._inbox_send:
-            while True:
-                try:
-                    item = await client_read.receive()
-                except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    return
-                if isinstance(item, Exception):  # a line that is not JSON-RPC: nobody to answer
-                    log.warning("ignoring a message from the agent that is not JSON-RPC: %s", item)
-                    continue
-                await self._inbox_send.send(item)
+        try:
+            async with self._inbox_send:
+                while True:
+                    try:
+                        item = await client_read.receive()
+                    except (anyio.EndOfStream, anyio.ClosedResourceError):
+                        return
+                    if isinstance(item, Exception):  # a line that is not JSON-RPC: nobody to answer
+                        log.warning("ignoring a message from the agent that is not JSON-RPC: %s", item)
+                        continue
+                    await self._inbox_send.send(item)
+        finally:
+            self._agent_gone.set()
 
     # --- connection lifecycle --------------------------------------------------------------------
     async def _supervise(self) -> None:
@@ -185,7 +192,10 @@ class Bridge:
                 delay = min(FIRST_DELAY * 2**attempt, MAX_DELAY, budget - (now - failing_since))
                 attempt += 1
                 log.warning("lost the gateway (%s); reconnecting in %.1f s", lost.reason, delay)
-                await anyio.sleep(max(delay, 0.0))
+                with anyio.move_on_after(max(delay, 0.0)):
+                    await self._agent_gone.wait()
+                if self._agent_gone.is_set():
+                    return  # nobody is waiting for an answer any more
                 continue
             if finished:
                 return
