@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -55,6 +55,14 @@ class Cli:
         if check:
             assert result.returncode == 0, f"{args}: {result.stdout}{result.stderr}"
         return result
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One gateway for the tests that do not stop it: each works in its own namespace."""
+    shared = Gateway(tmp_path_factory.mktemp("bridge-gateway")).start(attempts=3)
+    yield shared
+    shared.stop()
 
 
 def setup_namespace(gateway: Gateway, ns: str, **connections: str) -> None:
@@ -117,14 +125,14 @@ def tool_named(tools: list[types.Tool], suffix: str) -> str:
 
 
 def test_print_config_is_a_claude_desktop_entry_without_the_key(tmp_path: Path, gateway: Gateway) -> None:
-    setup_namespace(gateway, "desk")
+    setup_namespace(gateway, "desk-config")
     cli = logged_in(tmp_path, gateway)
-    printed = cli("bridge", "desk", "--print-config", "claude")
+    printed = cli("bridge", "desk-config", "--print-config", "claude")
     config = json.loads(printed.stdout)
-    entry = config["mcpServers"]["desk"]
+    entry = config["mcpServers"]["desk-config"]
     command = Path(entry["command"])
     assert command.is_absolute() and command.name == "junction" and os.access(command, os.X_OK)
-    assert entry["args"] == ["bridge", "desk"]
+    assert entry["args"] == ["bridge", "desk-config"]
     assert entry["env"]["JUNCTION_URL"] == gateway.url
     assert set(entry["env"]) <= {"JUNCTION_URL", "JUNCTION_CONFIG_DIR"}
     # Where the credential comes from is said on stderr; the credential itself is nowhere.
@@ -133,7 +141,7 @@ def test_print_config_is_a_claude_desktop_entry_without_the_key(tmp_path: Path, 
     assert gateway.admin_key not in "".join(cli.transcript)
 
     # Without a namespace argument: the current one, written out so a later `use` changes nothing.
-    cli("namespace", "use", "desk")
+    cli("namespace", "use", "desk-config")
     assert claude_entry(cli) == entry
 
 
@@ -175,8 +183,8 @@ def test_bad_namespace_is_a_clear_error(tmp_path: Path, gateway: Gateway) -> Non
 def test_tools_of_every_connection_through_the_bridge(
     tmp_path: Path, gateway: Gateway, modern_upstream: Upstream, everything_upstream: Upstream
 ) -> None:
-    setup_namespace(gateway, "desk", echo=modern_upstream.url, ev=everything_upstream.url)
-    entry = claude_entry(logged_in(tmp_path, gateway), "desk")
+    setup_namespace(gateway, "desk-tools", echo=modern_upstream.url, ev=everything_upstream.url)
+    entry = claude_entry(logged_in(tmp_path, gateway), "desk-tools")
     progress: list[float] = []
 
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
@@ -288,8 +296,8 @@ def test_a_gateway_down_for_good_is_a_clear_error_not_a_hang(
 def test_resources_and_prompts_through_the_bridge(
     tmp_path: Path, gateway: Gateway, everything_upstream: Upstream
 ) -> None:
-    setup_namespace(gateway, "desk", ev=everything_upstream.url)
-    entry = claude_entry(logged_in(tmp_path, gateway), "desk")
+    setup_namespace(gateway, "desk-resources", ev=everything_upstream.url)
+    entry = claude_entry(logged_in(tmp_path, gateway), "desk-resources")
 
     async def main() -> tuple[str, list[types.PromptMessage]]:
         with (tmp_path / "bridge.log").open("w") as errlog, anyio.fail_after(LIMIT):
@@ -312,8 +320,8 @@ def test_resources_and_prompts_through_the_bridge(
 def test_sampling_and_elicitation_reach_the_desktop_agent(
     tmp_path: Path, gateway: Gateway, everything_upstream: Upstream
 ) -> None:
-    setup_namespace(gateway, "desk", ev=everything_upstream.url)
-    entry = claude_entry(logged_in(tmp_path, gateway), "desk")
+    setup_namespace(gateway, "desk-sampling", ev=everything_upstream.url)
+    entry = claude_entry(logged_in(tmp_path, gateway), "desk-sampling")
     asked: list[str] = []
 
     async def sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
@@ -348,8 +356,8 @@ def test_sampling_and_elicitation_reach_the_desktop_agent(
 def test_list_changed_reaches_the_desktop_agent(
     tmp_path: Path, gateway: Gateway, modern_upstream: Upstream, everything_upstream: Upstream
 ) -> None:
-    setup_namespace(gateway, "desk", echo=modern_upstream.url)
-    entry = claude_entry(logged_in(tmp_path, gateway), "desk")
+    setup_namespace(gateway, "desk-changes", echo=modern_upstream.url)
+    entry = claude_entry(logged_in(tmp_path, gateway), "desk-changes")
     changed = anyio.Event()
 
     async def on_message(message: Any) -> None:
@@ -361,7 +369,7 @@ def test_list_changed_reaches_the_desktop_agent(
             async with desktop(entry, errlog, message_handler=on_message) as session:
                 await session.list_tools()
                 await anyio.to_thread.run_sync(
-                    lambda: setup_namespace(gateway, "desk", ev=everything_upstream.url)
+                    lambda: setup_namespace(gateway, "desk-changes", ev=everything_upstream.url)
                 )
                 with anyio.fail_after(10):
                     await changed.wait()
@@ -376,8 +384,8 @@ def test_the_bridge_relays_either_protocol_era(
 ) -> None:
     """Desktop agents speak 2025-era MCP today; a 2026-07-28 client (no session, `_meta` on every
     request) is relayed too, and the bridge's process ends soon after the agent closes stdin."""
-    setup_namespace(gateway, "desk", echo=modern_upstream.url)
-    entry = claude_entry(logged_in(tmp_path, gateway), "desk")
+    setup_namespace(gateway, f"desk-{mode}", echo=modern_upstream.url)
+    entry = claude_entry(logged_in(tmp_path, gateway), f"desk-{mode}")
     params = StdioServerParameters(command=entry["command"], args=entry["args"], env=entry["env"])
 
     async def main() -> tuple[str | None, str, float]:
