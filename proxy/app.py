@@ -42,6 +42,7 @@ from proxy.auth.policy import Principal, require, require_mcp
 from proxy.auth.tokens import ServiceTokens
 from proxy.directory import Directory
 from proxy.errors import ConfigError, JunctionError, MethodNotAllowed, NotFound
+from proxy.gateway.callers import LogLevels
 from proxy.gateway.catalog import Catalog
 from proxy.gateway.endpoint import NAMESPACE_KEY, RPC_KEY, build_namespace_server, build_session_manager
 from proxy.gateway.events import NamespaceEvents
@@ -368,7 +369,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
             pool.on_upstream_event(announced)
             held = HeldCalls(tg, vault)
-            server = build_namespace_server(directory, catalog, settings, offerings, events, held)
+            levels = LogLevels()  # logging/setLevel of each legacy session, for both paths
+            server = build_namespace_server(directory, catalog, settings, offerings, events, held, levels)
             manager = build_session_manager(server, settings)
             authentication = Authentication(service_tokens, api_keys)
             oauth_server = AuthorizationServer(settings, store, vault, service_tokens, authentication)
@@ -387,7 +389,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 catalog=catalog,
                 passthrough=Passthrough(Relay(settings, directory, tg)),
                 session_manager=manager,
-                fast_path=ToolCallFastPath(manager, catalog, directory, settings),
+                fast_path=ToolCallFastPath(manager, catalog, directory, settings, levels=levels),
             )
             tg.start_soon(pool.run_reaper, min(60.0, settings.session_idle_timeout))
             tg.start_soon(api_keys.run_flusher)

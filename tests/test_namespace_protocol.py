@@ -285,3 +285,27 @@ async def test_an_upstreams_new_tool_is_announced_to_both_eras(
                     break
             assert new_tool in {t.name for t in (await modern.list_tools()).tools}
             assert new_tool in {t.name for t in (await legacy.list_tools()).tools}
+
+
+@pytest.mark.parametrize("asks", [False, True], ids=["fast-path", "sdk-path"])
+async def test_an_upstreams_log_message_reaches_the_caller_at_its_level(
+    gw: Gateway, start_upstream: Any, asks: bool
+) -> None:
+    upstream = start_upstream("changing_legacy")
+    ns = namespace_with(gw, {"ch": upstream.url})
+    heard: list[str] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        heard.append(str(params.data))
+
+    async def elicitation(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="decline")
+
+    extra = {"elicitation_callback": elicitation} if asks else {}
+    with anyio.fail_after(LIMIT * 2):
+        async with client_of(gw, ns, logging_callback=on_log, **extra) as client:
+            result = await client.call_tool("ch__log", {"text": "first"})
+            assert not result.is_error, result
+            await client.session.set_logging_level("error")  # warnings are below it now
+            await client.call_tool("ch__log", {"text": "second"})
+    assert heard == ["first"]

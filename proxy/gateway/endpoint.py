@@ -122,10 +122,11 @@ def build_namespace_server(
     offerings: Offerings | None = None,
     events: NamespaceEvents | None = None,
     held: HeldCalls | None = None,
+    levels: LogLevels | None = None,
 ) -> Server[Any]:
     """The MCP server behind every `/mcp/{ns}` (the namespace comes from the request)."""
     offer = offerings or Offerings(directory, catalog, settings.fanout_timeout)
-    levels = LogLevels()
+    levels = levels or LogLevels()
     legacy_sinks: dict[str, Sink] = {}  # downstream session id -> its sink
 
     async def style_of(ctx: ServerRequestContext[Any, Any], namespace: str, request: Request) -> NameStyle:

@@ -30,6 +30,7 @@ from proxy._sdk import live_sessions, session_owner
 from proxy.auth.policy import Principal
 from proxy.directory import Directory
 from proxy.gateway.budget import META_NAMES, Limits, call_meta, view
+from proxy.gateway.callers import LogLevels
 from proxy.gateway.catalog import Catalog
 from proxy.gateway.endpoint import RPC_KEY, call_for_mcp
 from proxy.gateway.names import NameStyle
@@ -90,12 +91,14 @@ class ToolCallFastPath:
         catalog: Catalog,
         directory: Directory,
         settings: Settings,
+        levels: LogLevels | None = None,
     ):
         self._manager = manager
         self._catalog = catalog
         self._directory = directory
         self._settings = settings
         self._client_names: dict[str, str] = {}
+        self.levels = levels or LogLevels()
         # Legacy sessions whose client can be asked things (sampling, elicitation, roots): their
         # calls take the SDK path, which relays an upstream's requests on the call's stream.
         self._interactive: set[str] = set()
@@ -280,11 +283,17 @@ class ToolCallFastPath:
             else:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
+        session_id = headers.get(b"mcp-session-id", b"").decode("latin-1") if era == "legacy" else None
+
         async def relay(note: wire.Notification) -> None:
-            # Progress about this call goes to the caller who asked for it, on this response.
-            if token is None or note.method != "notifications/progress":
+            # Progress about this call goes to the caller who asked for it, on this response; so
+            # do the upstream's log messages about it, at the level a legacy session set.
+            if note.method == "notifications/message":
+                if session_id is None or not self.levels.allows(session_id, str(note.params.get("level"))):
+                    return
+            elif token is None or note.method != "notifications/progress":
                 return
-            if note.params.get("progressToken") != token:
+            elif note.params.get("progressToken") != token:
                 return
             await stream(wire.sse_event(wire.notification_body(note.method, note.params)))
 
@@ -331,7 +340,7 @@ class ToolCallFastPath:
                     limits=shown[1],
                     inner=call_for_mcp,
                     meta=meta,
-                    notify=relay if token is not None else None,
+                    notify=relay if token is not None or session_id else None,
                     rpc=rpc,
                 )
             else:
@@ -342,7 +351,7 @@ class ToolCallFastPath:
                     params["name"],
                     params.get("arguments"),
                     meta=meta,
-                    notify=relay if token is not None else None,
+                    notify=relay if token is not None or session_id else None,
                     rpc=rpc,
                 )
             running.done = True

@@ -244,8 +244,8 @@ class FastLane:
             return message.result
         if isinstance(message, wire.Request):
             await self._reply(message, deadline)
-        elif message.method == "notifications/message":
-            await relay.tell(message.method, message.params)
+        elif message.method == "notifications/message" and await relay.tell(message.method, message.params):
+            pass  # told the caller the SDK path serves
         elif notify is not None:
             await notify(message)
         return None

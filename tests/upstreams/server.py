@@ -340,7 +340,14 @@ def build_server(kind: str, list_delay: float = 0.0) -> Server[Any]:
             await bus.publish(ToolsListChanged())
             return _text(name)
 
+        async def _log(ctx: ServerRequestContext[Any], args: Args) -> CallToolResult:
+            """Log about this call on its own stream, then answer."""
+            text = str(args.get("text", ""))
+            await ctx.session.send_log_message("warning", text, "changing", related_request_id=ctx.request_id)
+            return _text(f"logged {text}")
+
         specs.append(_spec("grow", "Add a tool and announce the change", _grow, _schema()))
+        specs.append(_spec("log", "Send a log message about this call", _log, _schema(text="string")))
     handlers = {spec.tool.name: spec.handler for spec in specs}
     tools = [spec.tool for spec in specs]
     page_size = PAGE_SIZE if kind == "paged" else len(tools)
