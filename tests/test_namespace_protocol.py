@@ -309,3 +309,40 @@ async def test_an_upstreams_log_message_reaches_the_caller_at_its_level(
             await client.session.set_logging_level("error")  # warnings are below it now
             await client.call_tool("ch__log", {"text": "second"})
     assert heard == ["first"]
+
+
+async def test_a_subscribed_resource_update_reaches_the_subscriber(
+    gw: Gateway, start_everything: Any
+) -> None:
+    """server-everything sends `resources/updated` for subscribed URIs every 5 s once toggled on;
+    the subscriber hears it under the exposed URI, a client that did not subscribe does not."""
+    everything = start_everything("streamableHttp")
+    ns = namespace_with(gw, {"ev": everything.url})
+    updates: list[str] = []
+    others: list[str] = []
+    updated = anyio.Event()
+
+    async def subscriber(message: Any) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updates.append(message.params.uri)
+            updated.set()
+
+    async def bystander(message: Any) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            others.append(message.params.uri)
+
+    with anyio.fail_after(LIMIT * 2):
+        async with (
+            client_of(gw, ns, message_handler=subscriber) as client,
+            client_of(gw, ns, message_handler=bystander) as other,
+        ):
+            resources = (await client.list_resources()).resources
+            uri = resources[0].uri
+            await client.session.subscribe_resource(uri)
+            await other.list_resources()
+            await client.call_tool("ev__toggle-subscriber-updates", {})
+            await updated.wait()
+            await client.session.unsubscribe_resource(uri)
+            await client.call_tool("ev__toggle-subscriber-updates", {})
+    assert updates and set(updates) == {uri}
+    assert others == []
