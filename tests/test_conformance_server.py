@@ -225,7 +225,8 @@ class Scenario:
             return f"{self.name}: no checks.json (the scenario crashed or timed out)"
         lines = [f"{self.name}: {self.score()} checks passed"]
         for check in self.failing_checks:
-            message = " ".join(str(check.get("errorMessage") or "").split())
+            said = check.get("errorMessage") or json.dumps(check.get("details"), sort_keys=True)
+            message = " ".join(str(said).split())
             message = message if len(message) <= 400 else message[:400] + "..."
             also = " [fails upstream too]" if str(check.get("id")) in inherited else ""
             status = "" if check.get("status") == "FAILURE" else f" ({check.get('status')})"

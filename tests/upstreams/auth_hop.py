@@ -12,6 +12,8 @@ response's status, headers and raw bytes, each chunk written as it arrives so an
 stream (priming events and ``retry:`` fields included). A client that hangs up is hung up on
 upstream, since closing a 2026-07-28 response stream is how a client cancels.
 
+Header values lose leading and trailing whitespace, which HTTP says is not part of them.
+
 Host and Origin: the suite sends the hop's own authority (``127.0.0.1:PORT``) for its ordinary
 requests; those become the gateway's authority, so the gateway sees what it would see had the suite
 reached it directly. Any other value (the DNS-rebinding scenario's ``evil.example.com``) is
@@ -64,7 +66,9 @@ class AuthHop:
                 origin = urlsplit(value.decode("latin-1"))
                 if origin.scheme == "http" and self._mine(origin.netloc):
                     value = b"http://" + self.target_host
-            headers.append((name, value))
+            # Leading and trailing whitespace is not part of a field value (RFC 9110 §5.5) and h11
+            # refuses to send it; the suite sends some to see that servers ignore it.
+            headers.append((name, value.strip(b" \t")))
         headers.append((b"authorization", self.authorization))
         return headers
 

@@ -13,6 +13,7 @@ What it serves is the contract the suite's server scenarios call by name (the to
 prompt names below), after the reference implementation in the python-sdk repository
 (``examples/servers/everything-server``) and the conformance repository's TypeScript one. It is the
 upstream the gateway's conformance test puts behind a connection, and the baseline it is judged by.
+The 2026-07-28 diagnostics and MRTR tools are in `tests/upstreams/everything_modern.py`.
 """
 
 from __future__ import annotations
@@ -21,34 +22,22 @@ import argparse
 import base64
 import json
 import os
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 from mcp.server import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
-from mcp.server.mcpserver.prompts.base import Prompt, UserMessage
+from mcp.server.mcpserver.prompts.base import UserMessage
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
-from mcp.shared.exceptions import MCPError
 from mcp.types import (
-    MISSING_REQUIRED_CLIENT_CAPABILITY,
     AudioContent,
     Completion,
     CompletionArgument,
     CompletionContext,
-    CreateMessageRequest,
-    CreateMessageRequestParams,
-    CreateMessageResult,
-    ElicitRequest,
-    ElicitRequestFormParams,
-    ElicitResult,
     EmbeddedResource,
     EmptyResult,
     ImageContent,
-    InputRequest,
-    InputRequiredResult,
     JSONRPCMessage,
-    ListRootsRequest,
-    ListRootsResult,
     PromptReference,
     ResourceTemplateReference,
     SamplingMessage,
@@ -59,6 +48,8 @@ from mcp.types import (
     UnsubscribeRequestParams,
 )
 from pydantic import BaseModel, Field
+
+from tests.upstreams.everything_modern import register as register_modern
 
 IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 AUDIO = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
@@ -295,210 +286,6 @@ async def test_reconnection(ctx: Context) -> str:
     return "Reconnection test completed"
 
 
-# --- tools: 2026-07-28 diagnostics -----------------------------------------------------------------
-
-
-@mcp.tool()
-def test_x_mcp_header(
-    region: Annotated[
-        str,
-        Field(
-            description="Mirrored into the Mcp-Param-Region header",
-            json_schema_extra={"x-mcp-header": "Region"},
-        ),
-    ] = "<none>",
-) -> str:
-    """Tests SEP-2243 Mcp-Param-* server-side validation."""
-    return f"region={region}"
-
-
-@mcp.tool()
-async def test_missing_capability(ctx: Context) -> str:
-    """Needs the client's sampling capability, refused at the protocol level (-32021) without it"""
-    capabilities = ctx.session.client_capabilities
-    if capabilities is None or capabilities.sampling is None:
-        raise MCPError(
-            code=MISSING_REQUIRED_CLIENT_CAPABILITY,
-            message="This tool requires the client 'sampling' capability",
-            data={"requiredCapabilities": {"sampling": {}}},
-        )
-    return "Client declared sampling capability; proceeding."
-
-
-def _dynamic() -> str:
-    """Registered and removed again by the trigger tools."""
-    return "dynamic"
-
-
-@mcp.tool()
-async def test_trigger_tool_change(ctx: Context) -> str:
-    """Mutates the tool list and announces it to subscriptions/listen streams (SEP-2575)"""
-    mcp.add_tool(_dynamic, name="test_dynamic_tool")
-    mcp.remove_tool("test_dynamic_tool")
-    await ctx.notify_tools_changed()
-    return "tool list changed"
-
-
-@mcp.tool()
-async def test_trigger_prompt_change(ctx: Context) -> str:
-    """Mutates the prompt list and announces it to subscriptions/listen streams (SEP-2575)"""
-    mcp.add_prompt(Prompt.from_function(_dynamic, name="test_dynamic_prompt", description="dynamic"))
-    mcp.remove_prompt("test_dynamic_prompt")
-    await ctx.notify_prompts_changed()
-    return "prompt list changed"
-
-
-JSON_SCHEMA_2020_12: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "$defs": {
-        "address": {
-            "$anchor": "addressDef",
-            "type": "object",
-            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
-        }
-    },
-    "properties": {
-        "name": {"type": "string"},
-        "address": {"$ref": "#/$defs/address"},
-        "contactMethod": {"type": "string", "enum": ["phone", "email"]},
-        "phone": {"type": "string"},
-        "email": {"type": "string"},
-    },
-    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
-    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
-    "then": {"required": ["phone"]},
-    "else": {"required": ["email"]},
-    "additionalProperties": False,
-}
-
-
-@mcp.tool(name="json_schema_2020_12_tool")
-def json_schema_2020_12_tool() -> str:
-    """Tests JSON Schema 2020-12 keyword preservation in tools/list"""
-    return "json_schema_2020_12_tool"
-
-
-# MCPServer derives schemas from signatures and has no public override (the reference server does this too).
-mcp._tool_manager._tools["json_schema_2020_12_tool"].parameters = JSON_SCHEMA_2020_12  # noqa: SLF001
-
-
-# --- tools: MRTR (SEP-2322) ------------------------------------------------------------------------
-
-NAME_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
-OK_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
-
-
-def _ask(message: str = "What is your name?", schema: dict[str, Any] = NAME_SCHEMA) -> ElicitRequest:
-    return ElicitRequest(params=ElicitRequestFormParams(message=message, requested_schema=schema))
-
-
-def _sample(text: str, max_tokens: int) -> CreateMessageRequest:
-    messages = [SamplingMessage(role="user", content=_text(text))]
-    return CreateMessageRequest(params=CreateMessageRequestParams(messages=messages, max_tokens=max_tokens))
-
-
-def _field(answer: Any, key: str) -> Any:
-    return answer.content.get(key) if isinstance(answer, ElicitResult) and answer.content else None
-
-
-@mcp.tool()
-async def test_input_required_result_elicitation(ctx: Context) -> str | InputRequiredResult:
-    """Tests InputRequiredResult with a single elicitation request"""
-    if ctx.input_responses and "user_name" in ctx.input_responses:
-        return f"Hello, {_field(ctx.input_responses['user_name'], 'name') or 'stranger'}!"
-    return InputRequiredResult(input_requests={"user_name": _ask()})
-
-
-@mcp.tool()
-async def test_input_required_result_sampling(ctx: Context) -> str | InputRequiredResult:
-    """Tests InputRequiredResult with a single sampling request"""
-    if ctx.input_responses and "capital_question" in ctx.input_responses:
-        answer = ctx.input_responses["capital_question"]
-        ok = isinstance(answer, CreateMessageResult) and answer.content.type == "text"
-        return f"Model said: {answer.content.text if ok else '?'}"  # type: ignore[union-attr]
-    return InputRequiredResult(
-        input_requests={"capital_question": _sample("What is the capital of France?", 100)}
-    )
-
-
-@mcp.tool()
-async def test_input_required_result_list_roots(ctx: Context) -> str | InputRequiredResult:
-    """Tests InputRequiredResult with a single roots/list request"""
-    if ctx.input_responses and "client_roots" in ctx.input_responses:
-        answer = ctx.input_responses["client_roots"]
-        return f"Client exposed {len(answer.roots) if isinstance(answer, ListRootsResult) else 0} root(s)."
-    return InputRequiredResult(input_requests={"client_roots": ListRootsRequest()})
-
-
-@mcp.tool()
-async def test_input_required_result_request_state(ctx: Context) -> str | InputRequiredResult:
-    """Tests requestState round-tripping in the InputRequiredResult flow"""
-    if (
-        ctx.input_responses
-        and "confirm" in ctx.input_responses
-        and ctx.request_state == "request-state-nonce"
-    ):
-        return "state-ok: confirmation received"
-    return InputRequiredResult(
-        input_requests={"confirm": _ask("Please confirm", OK_SCHEMA)}, request_state="request-state-nonce"
-    )
-
-
-@mcp.tool()
-async def test_input_required_result_multiple_inputs(ctx: Context) -> str | InputRequiredResult:
-    """Tests InputRequiredResult carrying elicitation, sampling and roots requests together"""
-    if ctx.input_responses and {"user_name", "greeting", "client_roots"} <= ctx.input_responses.keys():
-        return "All inputs received."
-    requests: dict[str, InputRequest] = {
-        "user_name": _ask(),
-        "greeting": _sample("Generate a greeting", 50),
-        "client_roots": ListRootsRequest(),
-    }
-    return InputRequiredResult(input_requests=requests, request_state="multiple-inputs")
-
-
-@mcp.tool()
-async def test_input_required_result_multi_round(ctx: Context) -> str | InputRequiredResult:
-    """Tests a three-round InputRequiredResult flow with evolving requestState"""
-    state = json.loads(ctx.request_state) if ctx.request_state else {"round": 0}
-    responses = ctx.input_responses or {}
-    if state["round"] == 1 and "step1" in responses:
-        color = {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}
-        return InputRequiredResult(
-            input_requests={"step2": _ask("Step 2: What is your favorite color?", color)},
-            request_state=json.dumps({"round": 2, "name": _field(responses["step1"], "name")}),
-        )
-    if state["round"] == 2 and "step2" in responses:
-        return f"{state.get('name')} likes {_field(responses['step2'], 'color')}."
-    # The first round, or a missing or out-of-order answer: ask from the start.
-    return InputRequiredResult(
-        input_requests={"step1": _ask("Step 1: What is your name?")}, request_state=json.dumps({"round": 1})
-    )
-
-
-@mcp.tool()
-async def test_input_required_result_tampered_state(ctx: Context) -> str | InputRequiredResult:
-    """Tests that the server rejects a tampered requestState echo (the SDK's sealing does)"""
-    if ctx.request_state is None:
-        return InputRequiredResult(
-            input_requests={"confirm": _ask("Please confirm", OK_SCHEMA)}, request_state="round-1"
-        )
-    return f"state-ok: {ctx.request_state}"
-
-
-@mcp.tool()
-async def test_input_required_result_capabilities(ctx: Context) -> InputRequiredResult:
-    """Tests that inputRequests only include methods the client declared support for"""
-    caps = ctx.client_capabilities
-    requests: dict[str, InputRequest] = {}
-    if caps is None or caps.sampling is not None:
-        requests["sample"] = _sample("Say hello", 50)
-    if caps is None or caps.elicitation is not None:
-        requests["ask"] = _ask()
-    return InputRequiredResult(input_requests=requests, request_state="capability-gated")
-
-
 # --- resources ------------------------------------------------------------------------------------
 
 
@@ -582,18 +369,6 @@ def test_prompt_with_image() -> list[UserMessage]:
     ]
 
 
-@mcp.prompt()
-async def test_input_required_result_prompt(ctx: Context) -> list[UserMessage] | InputRequiredResult:
-    """Tests InputRequiredResult from prompts/get (SEP-2322 non-tool request)"""
-    if ctx.input_responses and "user_context" in ctx.input_responses:
-        text = _field(ctx.input_responses["user_context"], "context") or "?"
-        return [UserMessage(role="user", content=_text(f"Use the following context: {text}"))]
-    schema = {"type": "object", "properties": {"context": {"type": "string"}}, "required": ["context"]}
-    return InputRequiredResult(
-        input_requests={"user_context": _ask("What context should the prompt use?", schema)}
-    )
-
-
 @mcp.completion()
 async def complete(
     ref: PromptReference | ResourceTemplateReference,
@@ -602,6 +377,9 @@ async def complete(
 ) -> Completion:
     """No suggestions: the scenario checks the shape of the answer only."""
     return Completion(values=[], total=0, has_more=False)
+
+
+register_modern(mcp)
 
 
 # --- main -----------------------------------------------------------------------------------------
