@@ -116,6 +116,7 @@ class Bridge:
         self.retry_for = retry_for
         self._pending: dict[RequestId, JSONRPCRequest] = {}  # the agent's requests awaiting an answer
         self._internal: set[RequestId] = set()  # our own replayed requests, answered to nobody
+        self._sent: set[RequestId] = set()  # the agent's requests sent on the current link
         self._session = _Session()
         self._ids = itertools.count(1)
         self._down = False  # the last attempts all failed: fail fast until the gateway answers again
@@ -206,6 +207,8 @@ class Bridge:
             httpx2.AsyncClient(headers=self._headers, timeout=HTTP_TIMEOUT, trust_env=False) as http,
             streamable_http_client(self.url, http_client=http) as (up_read, up_write),
         ):
+            self._internal.clear()  # answers to the last link's requests never come on this one
+            self._sent.clear()
             if self._session.established and self._session.initialize is not None:
                 if self._session.initialize.id not in self._pending:
                     await self._replay(up_read, up_write)
@@ -274,6 +277,8 @@ class Bridge:
     async def _send(self, up_write: Sender, message: JSONRPCMessage) -> None:
         headers = _routing_headers(message, self._session.version)
         metadata = ClientMessageMetadata(headers=headers) if headers else None
+        if isinstance(message, JSONRPCRequest):
+            self._sent.add(message.id)
         try:
             await up_write.send(SessionMessage(message, metadata=metadata))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
@@ -315,7 +320,7 @@ class Bridge:
         if not lost.sent:
             return
         for request in list(self._pending.values()):
-            if request.method == "tools/call":
+            if request.method == "tools/call" and request.id in self._sent:
                 del self._pending[request.id]
                 await self._client.send(SessionMessage(_not_resent(request.id)))
 

@@ -290,6 +290,41 @@ def test_a_gateway_down_for_good_is_a_clear_error_not_a_hang(
     assert gateway.admin_key not in (tmp_path / "bridge.log").read_text()
 
 
+def test_a_tool_call_cut_off_by_a_crash_is_not_run_twice(
+    tmp_path: Path, start_gateway: Callable[..., Gateway], start_upstream: Callable[..., Upstream]
+) -> None:
+    gateway = start_gateway()
+    setup_namespace(gateway, "desk", slow=start_upstream("modern").url)
+    entry = claude_entry(logged_in(tmp_path, gateway), "desk")
+
+    def crash() -> None:
+        time.sleep(1.0)  # the 30 s call is in the gateway's hands by then (another process: no event)
+        process = gateway._process.proc  # noqa: SLF001  (conftest only stops gracefully)
+        assert process is not None
+        process.kill()  # SIGKILL: no graceful end for the call in flight
+        process.wait(10)
+        gateway.stop()
+
+    async def main() -> tuple[str, float, str]:
+        with (tmp_path / "bridge.log").open("w") as errlog, anyio.fail_after(LIMIT):
+            async with desktop(entry, errlog) as session:
+                await session.call_tool("slow__echo", {"text": "warm"})
+                started = time.monotonic()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(anyio.to_thread.run_sync, crash)
+                    with pytest.raises(MCPError) as cut:
+                        await session.call_tool("slow__sleep", {"seconds": 30})
+                took = time.monotonic() - started
+                await anyio.to_thread.run_sync(gateway.start)
+                after = await session.call_tool("slow__echo", {"text": "next"})
+        assert isinstance(after, types.CallToolResult)
+        return str(cut.value), took, text_of(after)
+
+    cut, took, after = anyio.run(main)
+    assert "may or may not have run, so it was not sent again" in cut
+    assert took < 10 and after == "next"
+
+
 # --- everything else the namespace endpoint serves (issue 10, points 1-3) --------------------------
 
 
