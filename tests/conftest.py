@@ -63,6 +63,7 @@ UPSTREAM_KINDS = (
     "config",
     "changing",
     "changing_legacy",
+    "apps",
 )
 _SERIAL = itertools.count(1)  # distinct log file names
 

@@ -346,3 +346,25 @@ async def test_a_subscribed_resource_update_reaches_the_subscriber(
             await client.call_tool("ev__toggle-subscriber-updates", {})
     assert updates and set(updates) == {uri}
     assert others == []
+
+
+async def test_an_mcp_app_is_shown_and_served_through_the_namespace(
+    gw: Gateway, apps_upstream: Upstream
+) -> None:
+    """A tool's `_meta.ui.resourceUri` points at its `ui://` resource as the namespace names it,
+    that resource reads through the gateway, the app's own bare tool name still calls the tool,
+    and the extension capability is passed through."""
+    ns = namespace_with(gw, {"wx": apps_upstream.url})
+    with anyio.fail_after(LIMIT * 2):
+        async with client_of(gw, ns) as client:
+            caps = client.server_capabilities
+            assert caps is not None and caps.extensions and "io.modelcontextprotocol/ui" in caps.extensions
+            (tool,) = [t for t in (await client.list_tools()).tools if t.name == "wx__weather"]
+            assert tool.meta is not None
+            ui_uri = tool.meta["ui"]["resourceUri"]
+            assert ui_uri == "ui://wx.weather/app.html"
+            html = await client.read_resource(ui_uri)
+            assert "<title>Weather</title>" in html.contents[0].text  # type: ignore[union-attr]
+            assert "mcp-app" in (html.contents[0].mime_type or "")
+            bare = await client.call_tool("weather", {"city": "Oslo"})  # what the app's HTML calls
+            assert "sunny in Oslo" in bare.content[0].text  # type: ignore[union-attr]

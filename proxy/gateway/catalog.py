@@ -16,6 +16,7 @@ import mcp.types as types
 from proxy.auth.policy import CALL, LIST, Principal, allows, require
 from proxy.directory import Directory
 from proxy.errors import AuthRequired, InputRequired, JunctionError, NotFound, UpstreamError
+from proxy.gateway import uris
 from proxy.gateway.budget import NO_LIMITS, Limits, fit, meta_names
 from proxy.gateway.names import NameMap, NameStyle, Ref
 from proxy.store import ConnectionRecord
@@ -178,6 +179,8 @@ class Catalog:
                 ref = (item.record.connection_id, tool.name)
                 data = tool.model_dump(mode="json", by_alias=True, exclude_none=True)
                 data["name"] = name_map.exposed(ref, style, limits.max_length)
+                if "_meta" in data:
+                    uris.expose_tool_ui(ref[0], data)
                 entries.append((ref, data))
         if limits.budget is not None and len(entries) > limits.budget:
             curated = [name_map.resolve(name) for name in limits.curated]

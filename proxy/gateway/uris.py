@@ -17,6 +17,7 @@ template too. A URI without a scheme cannot be namespaced and is refused.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _CONNECTION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -40,6 +41,21 @@ def expose(connection_id: str, uri: str) -> str:
     if parts is None:
         return uri
     return f"{parts[0]}{connection_id}.{parts[1]}"
+
+
+def expose_tool_ui(connection_id: str, tool: dict[str, Any]) -> None:
+    """Point an MCP App tool (`_meta.ui.resourceUri`, or the older `_meta["ui/resourceUri"]`) at
+    its `ui://` resource as the namespace shows it, so the host reads the app through us."""
+    meta = tool.get("_meta")
+    if not isinstance(meta, dict):
+        return
+    meta = dict(meta)
+    ui = meta.get("ui")
+    if isinstance(ui, dict) and isinstance(ui.get("resourceUri"), str):
+        meta["ui"] = {**ui, "resourceUri": expose(connection_id, ui["resourceUri"])}
+    if isinstance(meta.get("ui/resourceUri"), str):
+        meta["ui/resourceUri"] = expose(connection_id, meta["ui/resourceUri"])
+    tool["_meta"] = meta
 
 
 def resolve(uri: str) -> tuple[str, str] | None:

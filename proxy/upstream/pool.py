@@ -26,8 +26,11 @@ import httpx2
 import mcp.types as types
 from anyio.abc import TaskGroup, TaskStatus
 from mcp import Client
+from mcp.client.extension import advertise
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.server.apps import APP_MIME_TYPE as APPS_MIME_TYPE
+from mcp.server.apps import EXTENSION_ID as APPS_EXTENSION
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 from mcp_types.jsonrpc import CONNECTION_CLOSED
@@ -487,6 +490,8 @@ class UpstreamSession:
                     elicitation_callback=_relay_elicitation,
                     list_roots_callback=_relay_roots,
                     logging_callback=_relay_log,
+                    # MCP Apps: the gateway relays `ui://` resources to hosts that render them.
+                    extensions=[advertise(APPS_EXTENSION, {"mimeTypes": [APPS_MIME_TYPE]})],
                 )
                 await stack.enter_async_context(client)
                 self.protocol_version = client.protocol_version

@@ -81,6 +81,7 @@ KINDS = (
     "process",
     "changing",
     "changing_legacy",
+    "apps",
 )
 ECHO_AUTH_ERRORS = ("initialize", "call", "http", "http-json")
 # The protocol revisions a 2025-era server knows (all of them negotiated through `initialize`).
@@ -300,6 +301,7 @@ TOOLS: dict[str, list[ToolSpec]] = {
     "process": PROCESS,
     "changing": [ECHO],  # plus `grow`, which adds a tool and announces it (see build_server)
     "changing_legacy": [ECHO],  # the same, speaking only the 2025 era
+    "apps": [],  # an MCPServer with the MCP Apps extension (see _apps_app)
 }
 # The `config` kind's configuration: a JSON Schema (draft-07) served at /.well-known/mcp-config.
 CONFIG_SCHEMA: dict[str, Any] = {
@@ -501,9 +503,31 @@ def _sse_app(server: Server[Any]) -> Starlette:
     )
 
 
+APP_HTML = "<!doctype html><title>Weather</title><script>/* calls the tool weather */</script>"
+
+
+def _apps_app() -> Starlette:
+    """An MCP App, as the SDK's `MCPServer` with the Apps extension builds one: a tool whose
+    `_meta.ui.resourceUri` names a `ui://` HTML resource the host renders."""
+    from mcp.server.apps import Apps
+    from mcp.server.mcpserver import MCPServer
+
+    apps = Apps()
+
+    @apps.tool(resource_uri="ui://weather/app.html", name="weather", description="Weather, with a UI")
+    def weather(city: str = "Paris") -> str:
+        return f"sunny in {city}"
+
+    apps.add_html_resource("ui://weather/app.html", APP_HTML)
+    server = MCPServer("test-apps", extensions=[apps])
+    return server.streamable_http_app(host="127.0.0.1")
+
+
 def build_app(kind: str, list_delay: float | None = None, echo_auth_errors: str | None = None) -> Starlette:
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind == "apps":
+        return _apps_app()
     delay = list_delay if list_delay is not None else (0.1 if kind == "slow" else 0.0)
     server = build_server(kind, delay)
     if kind == "sse":
