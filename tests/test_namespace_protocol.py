@@ -276,7 +276,7 @@ async def test_an_upstreams_new_tool_is_announced_to_both_eras(
             client_of(gw, ns, message_handler=on_message) as legacy,
             client_of(gw, ns, mode="2026-07-28") as modern,
         ):
-            assert {t.name for t in (await legacy.list_tools()).tools} == {"ch__echo", "ch__grow"}
+            assert {t.name for t in (await legacy.list_tools()).tools} == {"ch__echo", "ch__grow", "ch__log"}
             async with modern.listen(tools_list_changed=True) as feed:
                 grown = await legacy.call_tool("ch__grow", {})
                 new_tool = "ch__" + grown.content[0].text  # type: ignore[union-attr]
