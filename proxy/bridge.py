@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -42,8 +41,17 @@ from mcp_types import (
     RequestId,
 )
 
-from proxy import __version__, wire
-from proxy.errors import UpstreamUnavailable
+from proxy import __version__
+from proxy._bridge_rules import (
+    LinkLost,
+    cut_off_error,
+    link_lost,
+    negotiated_version,
+    routing_headers,
+    session_lost,
+    stream_broke,
+    unreachable_error,
+)
 
 log = logging.getLogger("junction.bridge")
 
@@ -57,8 +65,6 @@ HTTP_TIMEOUT = httpx2.Timeout(30.0, read=620.0)
 BRIDGE_ID_PREFIX = "junction-bridge-"
 # Requests whose effect lasts for the session: replayed, the last of each kind, after a reconnect.
 SESSION_STATE_METHODS = ("logging/setLevel",)
-# What the SDK's transport says when a request's answer stream broke after the request was sent.
-_BROKEN_STREAM = ("SSE stream ended", "SSE stream failed")
 
 
 class Receiver(Protocol):
@@ -73,15 +79,6 @@ class Sender(Protocol):
     async def send(self, item: SessionMessage, /) -> None: ...
 
     async def aclose(self) -> None: ...
-
-
-class LinkLost(Exception):
-    """The HTTP session to the gateway is gone; `sent` says whether requests may have arrived."""
-
-    def __init__(self, reason: str, *, sent: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.sent = sent
 
 
 class HandshakeRefused(Exception):
@@ -173,7 +170,7 @@ class Bridge:
                 failing_since, attempt = None, 0
                 continue
             except Exception as exc:  # noqa: BLE001  (sorted below: transport trouble or a bug)
-                lost = _link_lost(exc)
+                lost = link_lost(exc)
                 if lost is None:
                     raise
                 await self._drop_ambiguous_calls(lost)
@@ -241,7 +238,7 @@ class Bridge:
         self._internal.discard(init.id)
         if isinstance(message, JSONRPCError):
             raise HandshakeRefused(message.error)
-        session.version = _negotiated_version(message) or session.version
+        session.version = negotiated_version(message) or session.version
         if session.initialized is not None:
             await self._send(up_write, session.initialized)
         for request in [*session.state.values(), *session.subscriptions.values()]:
@@ -275,7 +272,7 @@ class Bridge:
         return message
 
     async def _send(self, up_write: Sender, message: JSONRPCMessage) -> None:
-        headers = _routing_headers(message, self._session.version)
+        headers = routing_headers(message, self._session.version)
         metadata = ClientMessageMetadata(headers=headers) if headers else None
         if isinstance(message, JSONRPCRequest):
             self._sent.add(message.id)
@@ -295,12 +292,12 @@ class Bridge:
                     continue
                 request = self._pending.get(message.id) if message.id is not None else None
                 if isinstance(message, JSONRPCError) and request is not None:
-                    if self._session.established and _session_lost(message.error):
+                    if self._session.established and session_lost(message.error):
                         raise LinkLost("the gateway forgot the session (it restarted?)")
-                    if message.error.message.startswith(_BROKEN_STREAM):
+                    if stream_broke(message.error):
                         if request.method != "tools/call":
                             raise LinkLost(message.error.message, sent=True)  # safe to ask again
-                        item = SessionMessage(_not_resent(request.id))
+                        item = SessionMessage(cut_off_error(request.id))
                 if request is not None:
                     del self._pending[request.id]
                 if request is not None and request.method == "initialize":
@@ -312,7 +309,7 @@ class Bridge:
             log.error("the gateway refused initialize: %s", message.error.message)
             self._session.initialize = None
             return
-        self._session.version = _negotiated_version(message)
+        self._session.version = negotiated_version(message)
         log.info("connected to %s (protocol %s)", self.url, self._session.version)
 
     async def _drop_ambiguous_calls(self, lost: LinkLost) -> None:
@@ -322,7 +319,7 @@ class Bridge:
         for request in list(self._pending.values()):
             if request.method == "tools/call" and request.id in self._sent:
                 del self._pending[request.id]
-                await self._client.send(SessionMessage(_not_resent(request.id)))
+                await self._client.send(SessionMessage(cut_off_error(request.id)))
 
     async def _fail_all(self, carry: list[SessionMessage], error: ErrorData) -> None:
         """Answer every waiting request of the agent with `error` (those still in the inbox too)."""
@@ -337,11 +334,10 @@ class Bridge:
             await self._client.send(SessionMessage(JSONRPCError(jsonrpc="2.0", id=request_id, error=error)))
 
     def _unreachable(self, reason: str) -> ErrorData:
-        exc = UpstreamUnavailable(
+        return unreachable_error(
             f"junction bridge: the gateway at {self.url} is unreachable ({reason}); "
             "is `junction serve` running? The bridge tries again on the next request."
         )
-        return ErrorData(code=exc.jsonrpc_code, message=exc.message, data={"error": exc.code})
 
     async def _receive(self, up_read: Receiver) -> SessionMessage:
         """The next message from the gateway; the end of the stream is a lost link."""
@@ -355,90 +351,6 @@ class Bridge:
                 continue
             self._heard, self._down = True, False
             return item
-
-
-# --- pure helpers ----------------------------------------------------------------------------------
-
-
-def _not_resent(request_id: RequestId) -> JSONRPCError:
-    exc = UpstreamUnavailable(
-        "junction bridge: the connection to the gateway broke during this tool call; it may or may "
-        "not have run, so it was not sent again"
-    )
-    error = ErrorData(code=exc.jsonrpc_code, message=exc.message, data={"error": exc.code})
-    return JSONRPCError(jsonrpc="2.0", id=request_id, error=error)
-
-
-def _session_lost(error: ErrorData) -> bool:
-    """The gateway no longer knows our legacy session: 404 "Session not found" (or the SDK's
-    "Session terminated" for a 404 without a body)."""
-    return error.code == wire.INVALID_REQUEST and wire.about_session(error.message)
-
-
-def _negotiated_version(message: JSONRPCResponse) -> str | None:
-    version = message.result.get("protocolVersion") if isinstance(message.result, dict) else None
-    return version if isinstance(version, str) else None
-
-
-def _routing_headers(message: JSONRPCMessage, negotiated: str | None) -> dict[str, str]:
-    """The per-message HTTP headers of each era: a 2026-07-28 request names its version, method
-    and target in headers (read from its `_meta`); after a 2025-era handshake every message
-    carries the negotiated `MCP-Protocol-Version`."""
-    if isinstance(message, JSONRPCRequest):
-        params = message.params or {}
-        meta = params.get("_meta")
-        version = meta.get(wire.META_VERSION) if isinstance(meta, dict) else None
-        if isinstance(version, str) and version in wire.MODERN_VERSIONS:
-            headers = {"mcp-protocol-version": version, "mcp-method": message.method}
-            target = _NAMED.get(message.method)
-            if target is not None and isinstance(params.get(target), str):
-                headers["mcp-name"] = wire.encode_header(params[target])
-            return headers
-        if message.method == "initialize":
-            return {}
-    return {"mcp-protocol-version": negotiated} if negotiated else {}
-
-
-_NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
-
-
-def _link_lost(exc: BaseException) -> LinkLost | None:
-    """The transport trouble in `exc` (an exception group from the task groups) as one `LinkLost`,
-    or None when something else went wrong (a bug: let it surface)."""
-    reasons: list[str] = []
-    sent = False
-    for leaf in _leaves(exc):
-        if isinstance(leaf, LinkLost):
-            reasons.append(leaf.reason)
-            sent = sent or leaf.sent
-        elif isinstance(leaf, httpx2.ConnectError | httpx2.ConnectTimeout):
-            reasons.append("connection refused" if _refused(leaf) else f"cannot connect: {leaf}")
-        elif isinstance(leaf, httpx2.TransportError):
-            reasons.append(f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__)
-            sent = True
-        elif isinstance(leaf, anyio.BrokenResourceError | anyio.ClosedResourceError | TimeoutError):
-            reasons.append("the connection to the gateway closed")
-            sent = True
-        else:
-            return None
-    return LinkLost("; ".join(dict.fromkeys(reasons)) or "unknown", sent=sent) if reasons else None
-
-
-def _refused(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ConnectionRefusedError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 async def run_stdio(url: str, key: str, *, retry_for: float = DEFAULT_RETRY_FOR) -> None:
