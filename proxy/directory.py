@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from proxy import stdio_records
 from proxy.errors import Conflict, JunctionError, NotFound, ValidationFailed
 from proxy.names import (
     CONNECTION_ID_RE,
@@ -31,7 +32,7 @@ from proxy.store import ConnectionRecord, NamespaceRecord, Store
 from proxy.upstream import ConnectionPool, UpstreamConfig
 from proxy.upstream.pool import UpstreamSession
 from proxy.upstream.ssrf import validate_url_syntax
-from proxy.upstream.stdio import MAX_ENV, STDIO_FIELDS, StdioInput, StdioSpec, parse_stdio_input
+from proxy.upstream.stdio import STDIO_FIELDS, StdioInput, parse_stdio_input
 from proxy.upstream_auth import UpstreamAuth
 from proxy.upstream_auth import config as server_config
 from proxy.vault import Vault, VaultError
@@ -43,15 +44,6 @@ TIMEOUT_KEYS = {"connect": "connect_timeout", "list": "list_timeout", "call": "c
 UNDECRYPTABLE = (
     "the stored headers of this connection cannot be decrypted with the configured master key; "
     "PUT new headers to replace them, or restart with the key that sealed them"
-)
-# stdio connections (proxy/upstream/stdio.py): their spec is in `setup["stdio"]`, env sealed there.
-UNDECRYPTABLE_ENV = (
-    "the stored env of this connection cannot be decrypted with the configured master key; "
-    "PUT new env values to replace them, or restart with the key that sealed them"
-)
-STDIO_OFF = (
-    "this gateway does not run stdio upstreams; an administrator may set allow_stdio_upstreams "
-    "to run this connection's command"
 )
 
 
@@ -294,12 +286,11 @@ class Directory:
             return replace(record, status={"state": "error", "message": UNDECRYPTABLE})
         if record.status.get("message") == UNDECRYPTABLE:  # stored under another key, opens now
             return replace(record, status={"state": "connected"})
-        stdio = (record.setup or {}).get("stdio")
-        if stdio is not None:
-            problem = self._stdio_problem(record)
+        if stdio_records.stored(record) is not None:  # a stdio connection that must not run says why
+            problem = stdio_records.problem(record, self._vault, self._settings)
             if problem:
                 return replace(record, status={"state": "error", "message": problem})
-            if record.status.get("message") in (UNDECRYPTABLE_ENV, STDIO_OFF):
+            if record.status.get("message") in stdio_records.PROBLEMS:
                 return replace(record, status={"state": "connected"})
         return record
 
@@ -417,7 +408,7 @@ class Directory:
         )
         record = self._with_headers(record, {k: v for k, v in (data.headers or {}).items() if v is not None})
         if data.stdio is not None:
-            record = self._with_stdio(record, data.stdio)
+            record = stdio_records.changed(record, data.stdio, self._vault)
         return await self._save(record)
 
     async def upsert_connection(
@@ -436,7 +427,7 @@ class Directory:
         if connection_id not in await self._loaded(namespace):
             return await self._create_locked(namespace, connection_id, data), True
         current = await self.connection(namespace, connection_id)
-        is_stdio = (current.setup or {}).get("stdio") is not None
+        is_stdio = stdio_records.stored(current) is not None
         if (data.stdio is not None) != is_stdio and (data.stdio is not None or data.mcp_url is not None):
             raise Conflict(
                 f"connection {connection_id!r} uses transport {'stdio' if is_stdio else 'http'}; "
@@ -475,7 +466,7 @@ class Directory:
                     headers[key] = value
             record = self._with_headers(record, headers)
         if data.stdio is not None:
-            record = self._with_stdio(record, data.stdio)
+            record = stdio_records.changed(record, data.stdio, self._vault)
         return await self._save(record), False
 
     async def delete_connection(self, namespace: str, connection_id: str) -> None:
@@ -506,18 +497,17 @@ class Directory:
         s = self._settings
         key = (record.namespace, record.connection_id)
         timeouts = record.timeouts or {}
-        stored = (record.setup or {}).get("stdio")
-        if stored is not None:
-            env = self._stdio_env(record)
-            LOG_REDACTION.remember(key, Redactor.for_headers(env))
+        if stdio_records.stored(record) is not None:
+            stdio = stdio_records.spec(record, self._vault)
+            LOG_REDACTION.remember(key, Redactor.for_headers(stdio.env))
             return UpstreamConfig(
                 url=record.mcp_url,
                 connect_timeout=timeouts.get("connect", s.connect_timeout),
                 list_timeout=timeouts.get("list", s.list_timeout),
                 call_timeout=timeouts.get("call", s.call_timeout),
-                unusable=self._stdio_problem(record),
+                unusable=stdio_records.problem(record, self._vault, self._settings),
                 incarnation=_incarnation(record),
-                stdio=StdioSpec(stored["command"], tuple(stored.get("args") or ()), env, stored.get("cwd")),
+                stdio=stdio,
             )
         try:
             headers, unusable = self._open_headers(record), ""
@@ -589,55 +579,6 @@ class Directory:
         record = self._connections.get(key[0], {}).get(key[1])
         if record is not None:
             await self.upstream_for(record).block(problem)
-
-    # stdio connections: what to run is in `setup["stdio"]`, its env sealed like headers
-    def _stdio_problem(self, record: ConnectionRecord) -> str:
-        """Why a stdio connection's program must not be started ("" when it may)."""
-        if not self._settings.allow_stdio_upstreams:
-            return STDIO_OFF
-        sealed = ((record.setup or {}).get("stdio") or {}).get("envSealed")
-        if sealed and not self._vault.opens(
-            sealed, namespace=record.namespace, connection_id=record.connection_id, field="env"
-        ):
-            return UNDECRYPTABLE_ENV
-        return ""
-
-    def _stdio_env(self, record: ConnectionRecord) -> dict[str, str]:
-        """The plaintext env of a stdio connection, or none when the vault cannot open it."""
-        sealed = ((record.setup or {}).get("stdio") or {}).get("envSealed")
-        if not sealed:
-            return {}
-        try:
-            return self._vault.open(
-                sealed, namespace=record.namespace, connection_id=record.connection_id, field="env"
-            )
-        except VaultError:
-            return {}
-
-    def _with_stdio(self, record: ConnectionRecord, change: StdioInput) -> ConnectionRecord:
-        """`record` running what `change` says: command, args and cwd replaced where given, env
-        merged (a null value removes a variable), values sealed and only the names in the clear."""
-        current = (record.setup or {}).get("stdio") or {}
-        env = self._stdio_env(record)
-        for name, value in (change.env or {}).items():
-            env.pop(name, None)
-            if value is not None:
-                env[name] = value
-        if len(env) > MAX_ENV:
-            raise ValidationFailed(f"a stdio connection may have at most {MAX_ENV} env variables")
-        command = change.command or current["command"]
-        spec: dict[str, Any] = {
-            "command": command,
-            "args": list(change.args if change.args is not None else current.get("args") or []),
-            "envNames": sorted(env),
-        }
-        if cwd := change.cwd or current.get("cwd"):
-            spec["cwd"] = cwd
-        if env:
-            spec["envSealed"] = self._vault.seal(
-                env, namespace=record.namespace, connection_id=record.connection_id, field="env"
-            )
-        return replace(record, mcp_url=f"stdio:{command}", setup={**(record.setup or {}), "stdio": spec})
 
     def _headers(self, record: ConnectionRecord) -> dict[str, str]:
         """The plaintext headers, or none when the vault cannot open them (new ones replace them)."""

@@ -7,6 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy import stdio_records
 from proxy.api._http import gateway, int_param, iso, json_response, principal, read_json_object
 from proxy.auth.policy import Principal, allows, require
 from proxy.directory import ConnectionInput, parse_connection_input
@@ -19,7 +20,7 @@ from proxy.upstream.stdio import StdioDisabled
 def connection_json(record: ConnectionRecord) -> dict[str, Any]:
     """The public shape of a connection: credentials are named, never shown. A stdio connection
     has no URL (`mcpUrl` null, as Smithery's uplink connections) and shows what it runs."""
-    stdio = (record.setup or {}).get("stdio")
+    stdio = stdio_records.stored(record)
     return {
         "connectionId": record.connection_id,
         "name": record.name,
