@@ -16,7 +16,9 @@ seconds; then each waiting request gets a JSON-RPC error saying the gateway is u
 later requests fail at once until the gateway answers again. A `tools/call` whose connection broke
 after it was sent is not sent again (the tool may have run): it gets an error that says so.
 
-stdout carries the protocol; logs go to stderr and never contain the credential.
+stdout carries the protocol; logs go to stderr and never contain the credential. The rules this
+relay applies to single messages (headers per era, what counts as a lost link) are in
+`proxy._bridge_rules`, without I/O.
 """
 
 from __future__ import annotations

@@ -108,6 +108,8 @@ def _print_config(namespace_name: str) -> None:
 
 
 def _check_namespace(api: Api, namespace_name: str) -> None:
+    """A typo fails now rather than in the agent; a gateway that is down or a credential that may
+    not read namespaces only leaves it unchecked (the bridge itself waits for the gateway)."""
     try:
         api.get(f"/namespaces/{segment(namespace_name)}")
     except PermissionDenied:
@@ -121,6 +123,8 @@ def _check_namespace(api: Api, namespace_name: str) -> None:
                 f"`junction namespace create {namespace_name}`"
             ) from exc
         raise
+    except CliError as exc:  # unreachable
+        click.echo(f"warning: {exc.format_message()}; {namespace_name} is not checked", err=True)
 
 
 def _junction_command() -> tuple[str, list[str]]:
