@@ -389,7 +389,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 catalog=catalog,
                 passthrough=Passthrough(Relay(settings, directory, tg)),
                 session_manager=manager,
-                fast_path=ToolCallFastPath(manager, catalog, directory, settings, levels=levels),
+                fast_path=ToolCallFastPath(manager, catalog, directory, settings, levels=levels, held=held),
             )
             tg.start_soon(pool.run_reaper, min(60.0, settings.session_idle_timeout))
             tg.start_soon(api_keys.run_flusher)

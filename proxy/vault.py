@@ -94,6 +94,10 @@ class Vault:
             blob = base64.urlsafe_b64decode(body)
         except ValueError as exc:
             raise VaultError("stored credential is malformed") from exc
+        if base64.urlsafe_b64encode(blob).decode() != body:
+            # Only the exact text we sealed opens: base64 ignores stray and padding bits, so an
+            # edited token handed back by a client (an MCP requestState) must not still open.
+            raise VaultError("stored credential is malformed")
         cipher = self._ciphers.get(key_id)
         if version != _VERSION or cipher is None:
             raise VaultError("stored credential was sealed with an unknown master key")

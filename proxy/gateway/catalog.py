@@ -179,7 +179,7 @@ class Catalog:
                 ref = (item.record.connection_id, tool.name)
                 data = tool.model_dump(mode="json", by_alias=True, exclude_none=True)
                 data["name"] = name_map.exposed(ref, style, limits.max_length)
-                if "_meta" in data:
+                if "_meta" in data and not (style == "bare" and len(gathered) == 1):
                     uris.expose_tool_ui(ref[0], data)
                 entries.append((ref, data))
         if limits.budget is not None and len(entries) > limits.budget:

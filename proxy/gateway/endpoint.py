@@ -83,8 +83,9 @@ async def call_for_mcp(
     """A `tools/call` result for MCP clients: upstream failures become readable tool errors."""
     try:
         result = await catalog.call(namespace, principal, name, arguments, meta=meta, notify=notify, rpc=rpc)
-        if result.get("resultType") == "input_required":
-            # Only a caller that cannot be asked gets here (the SDK path answers the questions).
+        if result.get("resultType") == "input_required" and relay.forwarded.get() is None:
+            # A 2025 caller never sees a bare input_required (one that can be asked is served by
+            # the SDK client, which turns the questions into requests to it).
             text = "the tool needs input from the client (sampling or elicitation), which this client cannot give"
             return {"content": [{"type": "text", "text": text}], "isError": True}
         return result

@@ -76,7 +76,10 @@ class NamespaceEvents:
         if method == "notifications/resources/updated":
             uri = params.get("uri")
             if isinstance(uri, str):
+                # Each subscriber hears it under the URI it subscribed with: the namespace's form,
+                # or the server's own (a `bare` namespace of one connection).
                 self.publish(namespace, connection_id, ResourceUpdated(uri=uris.expose(connection_id, uri)))
+                self.publish(namespace, connection_id, ResourceUpdated(uri=uri))
             return
         event = _BY_METHOD.get(method)
         if event is not None:

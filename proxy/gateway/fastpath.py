@@ -33,9 +33,10 @@ from proxy.gateway.budget import META_NAMES, Limits, call_meta, view
 from proxy.gateway.callers import LogLevels
 from proxy.gateway.catalog import Catalog
 from proxy.gateway.endpoint import RPC_KEY, call_for_mcp
+from proxy.gateway.mrtr import HeldCalls
 from proxy.gateway.names import NameStyle
 from proxy.settings import Settings
-from proxy.upstream.relay import RELAYED
+from proxy.upstream.relay import RELAYED, Forwarded, forwarded
 
 SERVER_INFO = {"name": "mcp-junction", "version": __version__}
 _MODERN_LIST_EXTRA = (
@@ -92,6 +93,7 @@ class ToolCallFastPath:
         directory: Directory,
         settings: Settings,
         levels: LogLevels | None = None,
+        held: HeldCalls | None = None,
     ):
         self._manager = manager
         self._catalog = catalog
@@ -99,6 +101,7 @@ class ToolCallFastPath:
         self._settings = settings
         self._client_names: dict[str, str] = {}
         self.levels = levels or LogLevels()
+        self.held = held  # seals a 2026 upstream's input_required for a 2026 caller
         # Legacy sessions whose client can be asked things (sampling, elicitation, roots): their
         # calls take the SDK path, which relays an upstream's requests on the call's stream.
         self._interactive: set[str] = set()
@@ -328,6 +331,17 @@ class ToolCallFastPath:
         watcher.add_done_callback(running.on_receive)
         meta = {"progressToken": token} if token is not None else None
         status = 200
+        # A 2026 caller gets a 2026 upstream's input_required (sealed), as its own round trip.
+        passing = None
+        if era == "modern":
+            declared = (params.get("_meta") or {}).get(wire.META_CAPABILITIES)
+            answers = params.get("inputResponses")  # answers a client may give up front
+            passing = forwarded.set(
+                Forwarded(
+                    answers if isinstance(answers, dict) else None,
+                    capabilities=declared if isinstance(declared, dict) else {},
+                )
+            )
         try:
             if shown is not None:
                 raw = await call_meta(
@@ -355,6 +369,8 @@ class ToolCallFastPath:
                     rpc=rpc,
                 )
             running.done = True
+            if era == "modern" and raw.get("resultType") == "input_required" and self.held is not None:
+                raw = self.held.shaped(namespace, principal, f"tools/call:{params['name']}", raw)
             shaped = wire.modern_result(raw, SERVER_INFO) if era == "modern" else wire.legacy_result(raw)
             data = wire.result_body(request.id, shaped)
         except MCPError as exc:
@@ -375,6 +391,8 @@ class ToolCallFastPath:
                 await send({"type": "http.response.body", "body": b""})
             return
         finally:
+            if passing is not None:
+                forwarded.reset(passing)
             running.done = True
             watcher.remove_done_callback(running.on_receive)
             watcher.cancel()

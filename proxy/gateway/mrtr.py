@@ -112,38 +112,35 @@ class HeldCalls:
         """The result of `start()` for a modern client, or an `input_required` result; on a retry
         (`requestState` in `params`) the answers resume the held call instead."""
         state = params.get("requestState")
-        if state is not None:
-            held = self._resume(namespace, principal, target, state, params.get("inputResponses"))
-        else:
-            held = self._start(capabilities, start)
+        if state is None:
+            answers = params.get("inputResponses")
+            held = self._start(capabilities, start, answers if isinstance(answers, dict) else None)
+            return await self._next(namespace, principal, target, held)
+        opened = self._open(namespace, principal, target, state)
+        if "up" in opened:
+            # A 2026 upstream's own round trip: its state and the answers go back to it unchanged.
+            responses = params.get("inputResponses")
+            answer = relay.Forwarded(
+                responses if isinstance(responses, dict) else None, opened["up"] or None, capabilities
+            )
+            token = relay.forwarded.set(answer)
+            try:
+                outcome = await start()
+            finally:
+                relay.forwarded.reset(token)
+            return self.shaped(namespace, principal, target, outcome)
+        held = self._resume(opened, params.get("inputResponses"))
         return await self._next(namespace, principal, target, held)
 
-    def _start(self, capabilities: dict[str, Any], start: Callable[[], Awaitable[dict[str, Any]]]) -> _Held:
-        self._expire()
-        if len(self._held) >= MAX_HELD:
-            raise MCPError(wire.INTERNAL_ERROR, "too many calls are waiting for their clients; retry later")
-        held = _Held(id=secrets.token_urlsafe(18), capabilities=capabilities)
-        held.expires = time.monotonic() + HOLD_SECONDS
-        self._held[held.id] = held
+    def _seal(self, namespace: str, principal: Principal, target: str, **fields: str) -> str:
+        return self._vault.seal(
+            {**fields, "target": target, "exp": str(time.time() + HOLD_SECONDS)},
+            namespace=namespace,
+            connection_id=principal.id,
+            field=_STATE_FIELD,
+        )
 
-        async def work() -> None:
-            token = relay.caller.set(_HeldCaller(held))
-            try:
-                with held.scope:
-                    held.outcome = await start()
-            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the call
-                held.failure = exc
-                if isinstance(exc, anyio.get_cancelled_exc_class()) and not held.scope.cancel_called:
-                    raise
-            finally:
-                relay.caller.reset(token)
-                held.done = True
-                held.wake()
-
-        self._tg.start_soon(work)
-        return held
-
-    def _resume(self, namespace: str, principal: Principal, target: str, state: Any, responses: Any) -> _Held:
+    def _open(self, namespace: str, principal: Principal, target: str, state: Any) -> dict[str, str]:
         expired = MCPError(wire.INVALID_PARAMS, "requestState is unknown or expired: call the tool again")
         if not isinstance(state, str):
             raise expired
@@ -155,9 +152,58 @@ class HeldCalls:
             raise expired from exc
         if opened.get("target") != target or float(opened.get("exp", "0")) < time.time():
             raise expired
+        return opened
+
+    def shaped(
+        self, namespace: str, principal: Principal, target: str, outcome: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A result for the caller: a 2026 upstream's `input_required` keeps its questions (and
+        their keys) and carries its state sealed inside ours."""
+        if outcome.get("resultType") != "input_required":
+            return outcome
+        upstream_state = outcome.get("requestState")
+        sealed = self._seal(
+            namespace, principal, target, up=upstream_state if isinstance(upstream_state, str) else ""
+        )
+        return {**outcome, "requestState": sealed}
+
+    def _start(
+        self,
+        capabilities: dict[str, Any],
+        start: Callable[[], Awaitable[dict[str, Any]]],
+        answers: dict[str, Any] | None = None,
+    ) -> _Held:
+        self._expire()
+        if len(self._held) >= MAX_HELD:
+            raise MCPError(wire.INTERNAL_ERROR, "too many calls are waiting for their clients; retry later")
+        held = _Held(id=secrets.token_urlsafe(18), capabilities=capabilities)
+        held.expires = time.monotonic() + HOLD_SECONDS
+        self._held[held.id] = held
+
+        async def work() -> None:
+            token = relay.caller.set(_HeldCaller(held))
+            # A 2026 upstream asks the client itself, for what the client declared.
+            passing = relay.forwarded.set(relay.Forwarded(answers, capabilities=held.capabilities))
+            try:
+                with held.scope:
+                    held.outcome = await start()
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the call
+                held.failure = exc
+                if isinstance(exc, anyio.get_cancelled_exc_class()) and not held.scope.cancel_called:
+                    raise
+            finally:
+                relay.forwarded.reset(passing)
+                relay.caller.reset(token)
+                held.done = True
+                held.wake()
+
+        self._tg.start_soon(work)
+        return held
+
+    def _resume(self, opened: dict[str, str], responses: Any) -> _Held:
         held = self._held.get(opened.get("id", ""))
         if held is None:
-            raise expired
+            raise MCPError(wire.INVALID_PARAMS, "requestState is unknown or expired: call the tool again")
         answers = responses if isinstance(responses, dict) else {}
         for key, question in list(held.waiting.items()):
             if key not in answers:
@@ -186,14 +232,9 @@ class HeldCalls:
             if held.failure is not None:
                 raise held.failure
             assert held.outcome is not None
-            return held.outcome
+            return self.shaped(namespace, principal, target, held.outcome)
         questions, held.asked = held.asked, []
-        sealed = self._vault.seal(
-            {"id": held.id, "target": target, "exp": str(time.time() + HOLD_SECONDS)},
-            namespace=namespace,
-            connection_id=principal.id,
-            field=_STATE_FIELD,
-        )
+        sealed = self._seal(namespace, principal, target, id=held.id)
         return {
             "resultType": "input_required",
             "inputRequests": {q.key: {"method": q.method, "params": q.params} for q in questions},

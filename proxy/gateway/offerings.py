@@ -135,14 +135,16 @@ class Offerings:
         records = await self._catalog.visible(namespace, principal, rpc)
         per_connection = await self._gather(method, namespace, records)
         prompt_map = self._prompt_map(namespace) if method == "prompts/list" else None
+        # `bare` names are the server's own while the caller sees one connection: so are URIs.
+        bare = style == "bare" and len(records) == 1
         out: list[dict[str, Any]] = []
         for record, items in per_connection:
             cid = record.connection_id
             for item in items:
                 shown = dict(item)
-                if "uri" in shown:
+                if "uri" in shown and not bare:
                     shown["uri"] = uris.expose(cid, shown["uri"])
-                if "uriTemplate" in shown:
+                if "uriTemplate" in shown and not bare:
                     shown["uriTemplate"] = uris.expose(cid, shown["uriTemplate"])
                 if prompt_map is not None:
                     shown["name"] = prompt_map.exposed((cid, item["name"]), style)
@@ -222,14 +224,20 @@ class Offerings:
     async def _resource_owner(
         self, namespace: str, principal: Principal, uri: str, rpc: dict[str, Any] | None
     ) -> tuple[UpstreamSession, str]:
+        """The owner of an exposed URI and its own URI; a URI naming no connection belongs to the
+        only connection the caller sees, if there is just one (a `bare` namespace)."""
         found = uris.resolve(uri)
-        if found is None:
-            raise NotFound(f"resource {uri!r} not found in namespace {namespace!r}")
-        try:
-            session = await self._owner(namespace, principal, found[0], rpc)
-        except NotFound as exc:
-            raise NotFound(f"resource {uri!r} not found in namespace {namespace!r}") from exc
-        return session, found[1]
+        if found is not None:
+            try:
+                return await self._owner(namespace, principal, found[0], rpc), found[1]
+            except NotFound:
+                pass
+        records = await self._catalog.visible(namespace, principal, rpc)
+        if len(records) == 1:
+            return self._directory.upstream_for(records[0]), uri
+        raise MCPError(
+            wire.INVALID_PARAMS, f"resource {uri!r} not found in namespace {namespace!r}", {"uri": uri}
+        )
 
     async def read(
         self, namespace: str, principal: Principal, params: dict[str, Any], rpc: dict[str, Any] | None = None
@@ -238,9 +246,9 @@ class Offerings:
         exposed = str(params.get("uri", ""))
         session, uri = await self._resource_owner(namespace, principal, exposed, rpc)
         connection_id = session.key[1]
-        result = _dump(
-            await session.request("resources/read", {**params, "uri": uri}, types.ReadResourceResult)
-        )
+        result = await session.ask("resources/read", {**params, "uri": uri})
+        if uri == exposed:
+            return result  # asked by the server's own URI: answered in the same terms
         for content in result.get("contents", []):
             if isinstance(content, dict) and isinstance(content.get("uri"), str):
                 content["uri"] = uris.expose(connection_id, content["uri"])
@@ -279,7 +287,7 @@ class Offerings:
         self, namespace: str, principal: Principal, params: dict[str, Any], rpc: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         session, name = await self._prompt(namespace, principal, str(params.get("name", "")), rpc)
-        result = _dump(await session.request("prompts/get", {**params, "name": name}, types.GetPromptResult))
+        result = await session.ask("prompts/get", {**params, "name": name})
         for message in result.get("messages", []):
             content = message.get("content") if isinstance(message, dict) else None
             resource = content.get("resource") if isinstance(content, dict) else None

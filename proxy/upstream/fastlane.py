@@ -104,6 +104,7 @@ class FastLane:
         *,
         meta: Mapping[str, Any] | None = None,
         notify: NotificationSink | None = None,
+        more: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The upstream's raw result object.
 
@@ -114,6 +115,8 @@ class FastLane:
         """
         request_id = f"j{next(_ids)}"
         params: dict[str, Any] = {"name": name, "arguments": arguments or {}}
+        if more:  # a 2026 retry: the caller's inputResponses and the upstream's requestState
+            params.update(more)
         extra = b""
         if self.modern:
             params["_meta"] = {**self._meta, **meta} if meta else self._meta

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -783,7 +783,16 @@ class UpstreamSession:
         upstream says about the call meanwhile (progress)."""
         # A caller that can be asked things (sampling, elicitation) is served by the SDK client,
         # which relays what the upstream asks on the call's own stream.
-        slow = name in self.tools.header_tools or relay.interactive()
+        forwarded = relay.forwarded.get() if self.protocol_version in wire.MODERN_VERSIONS else None
+        # A 2026 caller of a 2026 upstream makes its own round trips: the fast lane carries its
+        # answers and the upstream's state, and brings an `input_required` back, unchanged.
+        slow = name in self.tools.header_tools or (relay.interactive() and forwarded is None)
+        extra: dict[str, Any] | None = None
+        if forwarded is not None:
+            extra = {"inputResponses": forwarded.responses, "requestState": forwarded.state}
+            extra = {k: v for k, v in extra.items() if v is not None} or None
+            if forwarded.capabilities is not None:  # it asks only for what the caller can answer
+                meta = {**(meta or {}), wire.META_CAPABILITIES: forwarded.capabilities}
         timeout = self.config.call_timeout
 
         async def call(client: Client) -> dict[str, Any]:
@@ -791,7 +800,9 @@ class UpstreamSession:
             if not slow and live is not None and live.client is client and live.fastlane is not None:
                 # The fast lane keeps the deadline on its connection: no timeout scope per call.
                 deadline = asyncio.get_running_loop().time() + timeout
-                return await live.fastlane.call_tool(name, arguments, deadline, meta=meta, notify=notify)
+                return await live.fastlane.call_tool(
+                    name, arguments, deadline, meta=meta, notify=notify, more=extra
+                )
             progress = None
             token = meta.get("progressToken") if meta else None
             if notify is not None and token is not None:
@@ -805,7 +816,19 @@ class UpstreamSession:
                     await notify(wire.Notification("notifications/progress", params))
 
             async with asyncio.timeout(timeout):
-                result = await client.call_tool(name, arguments, progress_callback=progress)
+                if forwarded is not None:  # a 2026 caller answers the questions itself
+                    result = await client.session.call_tool(
+                        name,
+                        arguments,
+                        progress_callback=progress,
+                        input_responses=forwarded.input_responses(),
+                        request_state=forwarded.state,
+                        meta=cast(Any, meta),
+                        allow_input_required=True,
+                        allow_claimed=False,
+                    )
+                else:  # questions go to the caller through the callbacks (relay)
+                    result = await client.call_tool(name, arguments, progress_callback=progress)
             dumped: dict[str, Any] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
             return dumped
 
@@ -826,6 +849,37 @@ class UpstreamSession:
             return await client.session.send_request(request, result_type)
 
         return await self._with_retry(send, self.config.list_timeout, method)
+
+    async def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """`prompts/get` or `resources/read`, which a 2026-07-28 upstream may answer with
+        `input_required`: passed to a 2026 caller as is (`relay.forwarded`), else its questions
+        go to the caller through the callbacks and the request is retried."""
+        modern = self.protocol_version in wire.MODERN_VERSIONS
+        forwarded = relay.forwarded.get() if modern else None
+        prompt = method == "prompts/get"
+
+        async def send(client: Client) -> Any:
+            if forwarded is not None:
+                extra: dict[str, Any] = {
+                    "input_responses": forwarded.input_responses(),
+                    "request_state": forwarded.state,
+                    "allow_input_required": True,
+                }
+                if prompt:
+                    return await client.session.get_prompt(params["name"], params.get("arguments"), **extra)
+                return await client.session.read_resource(params["uri"], **extra)
+            if modern:
+                if prompt:
+                    return await client.get_prompt(params["name"], params.get("arguments"))
+                return await client.read_resource(params["uri"])
+            result_type = types.GetPromptResult if prompt else types.ReadResourceResult
+            request = _CLIENT_REQUEST.validate_python({"method": method, "params": params})
+            return await client.session.send_request(request, result_type)
+
+        if not isinstance(params.get("name" if prompt else "uri"), str):
+            raise MCPError(wire.INVALID_PARAMS, f"invalid params for {method}")
+        result = await self._with_retry(send, self.config.call_timeout, method)
+        return _dumped(result)
 
     @property
     def transport(self) -> str | None:

@@ -14,9 +14,12 @@ cannot answer it gets a JSON-RPC error, as if that caller had been asked directl
 from __future__ import annotations
 
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+import mcp.types as types
 from mcp.shared.exceptions import MCPError
+from pydantic import TypeAdapter, ValidationError
 
 from proxy import wire
 
@@ -48,6 +51,32 @@ class Caller(Protocol):
 
 
 caller: ContextVar[Caller | None] = ContextVar("junction_caller", default=None)
+
+_RESPONSE: TypeAdapter[Any] = TypeAdapter(types.InputResponse)
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A 2026-07-28 caller's own multi round-trip: a 2026 upstream's `input_required` goes back
+    to it unchanged, and its retry brings the answers and the upstream's state."""
+
+    responses: dict[str, Any] | None = None
+    state: str | None = None
+    capabilities: dict[str, Any] | None = None  # what the caller declared, mirrored upstream
+
+    def input_responses(self) -> Any:
+        """The answers, as the SDK client sends them; entries that are no answer at all are left
+        out (a server ignores what it does not recognise)."""
+        answers: dict[str, Any] = {}
+        for key, value in (self.responses or {}).items():
+            try:
+                answers[key] = _RESPONSE.validate_python(value)
+            except ValidationError:
+                continue
+        return answers or None
+
+
+forwarded: ContextVar[Forwarded | None] = ContextVar("junction_forwarded", default=None)
 
 
 def interactive() -> bool:
