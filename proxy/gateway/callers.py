@@ -50,6 +50,8 @@ def _dump(model: Any) -> dict[str, Any]:
 class SessionCaller:
     """A client reached through the SDK's session for the request being handled."""
 
+    pushes = True
+
     def __init__(self, ctx: ServerRequestContext[Any, Any], levels: LogLevels, session_id: str | None):
         self._ctx = ctx
         self._levels = levels

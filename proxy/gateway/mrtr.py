@@ -69,6 +69,8 @@ class _Held:
 class _HeldCaller:
     """The caller as the upstream sees it while held: each question waits for the retry."""
 
+    pushes = False
+
     def __init__(self, held: _Held):
         self._held = held
 

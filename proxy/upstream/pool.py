@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -139,6 +139,8 @@ class UpstreamConfig:
     incarnation: str = ""
     # A local program instead of a URL (proxy/upstream/stdio.py); `url` is then a pseudo-URL.
     stdio: StdioSpec | None = None
+    # "auto": the newest era both sides speak; "legacy": the 2025 handshake (see legacy_variant).
+    era: str = "auto"
 
 
 @dataclass
@@ -172,6 +174,7 @@ class UpstreamSession:
         self._last_kind: type[JunctionError] = UpstreamUnavailable
         self._transport_hint: str | None = None
         self._closed = False  # removed from the pool: never reconnect
+        self._legacy_refused = False  # the upstream refused a 2025-era session (2026-only)
         self._watching = False
         self._inflight = 0
         self._idle_event: anyio.Event | None = None
@@ -327,8 +330,10 @@ class UpstreamSession:
         self._watch()
 
     async def _set_state(self, status: dict[str, Any]) -> None:
-        if self._closed:
-            return  # replaced or removed: the key's status is the new session's to tell
+        if self._closed or self.config.era == "legacy":
+            # Replaced or removed: the key's status is the new session's to tell; a legacy
+            # variant's is its primary's.
+            return
         if status != self.status:
             self.status = status
             await self._pool.state_changed(self.key, status, self.server_info)
@@ -477,7 +482,7 @@ class UpstreamSession:
                         )
                     )
                     transport = streamable_http_client(self.config.url, http_client=http)
-                    mode = "auto"
+                    mode = "legacy" if self.config.era == "legacy" else "auto"
                 client = Client(
                     transport,
                     mode=mode,
@@ -490,6 +495,7 @@ class UpstreamSession:
                     elicitation_callback=_relay_elicitation,
                     list_roots_callback=_relay_roots,
                     logging_callback=_relay_log,
+                    log_level="debug",  # 2026-07-28: ask for log messages; callers filter them
                     # MCP Apps: the gateway relays `ui://` resources to hosts that render them.
                     extensions=[advertise(APPS_EXTENSION, {"mimeTypes": [APPS_MIME_TYPE]})],
                 )
@@ -781,6 +787,10 @@ class UpstreamSession:
 
         `meta` goes into the request's `_meta` (a progressToken); `notify` receives what the
         upstream says about the call meanwhile (progress)."""
+        if relay.pushing():
+            target = await self.legacy_target()
+            if target is not self:
+                return await target.call_tool(name, arguments, meta=meta, notify=notify)
         # A caller that can be asked things (sampling, elicitation) is served by the SDK client,
         # which relays what the upstream asks on the call's own stream.
         forwarded = relay.forwarded.get() if self.protocol_version in wire.MODERN_VERSIONS else None
@@ -837,8 +847,33 @@ class UpstreamSession:
             return self.redactor.redact_json(result)  # type: ignore[no-any-return]
         return result
 
+    async def legacy_target(self) -> UpstreamSession:
+        """The session that serves a 2025-era caller's exchanges best: this one, or, when this
+        one speaks 2026-07-28 with a server that speaks both eras, a 2025-era session to the same
+        server. Only there does a server push its requests (sampling, elicitation) on the call's
+        stream and accept `resources/subscribe`; in 2026-07-28 it cannot push at all."""
+        if self.config.era == "legacy" or self._legacy_refused or self.config.stdio is not None:
+            return self
+        await self.client()
+        if self.protocol_version not in wire.MODERN_VERSIONS:
+            return self
+        variant = self._pool.legacy_variant(self)
+        try:
+            await variant.client()
+        except Exception:  # noqa: BLE001 - a 2026-only server: stay on this session
+            self._legacy_refused = True
+            await self._pool.drop_variant(self.key)
+            return self
+        if variant.protocol_version in wire.MODERN_VERSIONS:
+            return self
+        return variant
+
     async def request(self, method: str, params: dict[str, Any] | None, result_type: type[Any]) -> Any:
         """Forward any other request (resources, prompts, completion) unchanged."""
+        if method in ("resources/subscribe", "resources/unsubscribe"):
+            target = await self.legacy_target()  # a 2025-era method
+            if target is not self:
+                return await target.request(method, params, result_type)
 
         try:
             request = _CLIENT_REQUEST.validate_python({"method": method, "params": params})
@@ -854,6 +889,10 @@ class UpstreamSession:
         """`prompts/get` or `resources/read`, which a 2026-07-28 upstream may answer with
         `input_required`: passed to a 2026 caller as is (`relay.forwarded`), else its questions
         go to the caller through the callbacks and the request is retried."""
+        if relay.pushing():
+            target = await self.legacy_target()
+            if target is not self:
+                return await target.ask(method, params)
         modern = self.protocol_version in wire.MODERN_VERSIONS
         forwarded = relay.forwarded.get() if modern else None
         prompt = method == "prompts/get"
@@ -916,6 +955,7 @@ class ConnectionPool:
         self.failure_ttl = failure_ttl
         self.credentials_for = credentials_for or (lambda _key, config: StaticCredentials(config.headers))
         self._sessions: dict[Key, UpstreamSession] = {}
+        self._variants: dict[Key, UpstreamSession] = {}  # 2025-era sessions beside 2026 ones
         self._state_listeners: list[StateListener] = []
         self._tools_listeners: list[ToolsChangedListener] = []
         self._event_listeners: list[EventListener] = []
@@ -960,11 +1000,31 @@ class ConnectionPool:
         if current is not None:
             # Calls in flight on the old session finish there; new calls use the new one.
             self.task_group.start_soon(current.discard, current.config.call_timeout)
+            variant = self._variants.pop(key, None)
+            if variant is not None:
+                self.task_group.start_soon(variant.discard, variant.config.call_timeout)
         session = UpstreamSession(self, key, config)
         self._sessions[key] = session
         return session
 
+    def legacy_variant(self, primary: UpstreamSession) -> UpstreamSession:
+        """The 2025-era session beside `primary` (made on first use, not reported in status)."""
+        config = replace(primary.config, era="legacy")
+        current = self._variants.get(primary.key)
+        if current is not None and current.config == config:
+            return current
+        if current is not None:
+            self.task_group.start_soon(current.discard, current.config.call_timeout)
+        variant = self._variants[primary.key] = UpstreamSession(self, primary.key, config)
+        return variant
+
+    async def drop_variant(self, key: Key) -> None:
+        variant = self._variants.pop(key, None)
+        if variant is not None:
+            await variant.discard()
+
     async def remove(self, key: Key) -> None:
+        await self.drop_variant(key)
         session = self._sessions.pop(key, None)
         if session is not None:
             await session.discard()
@@ -978,7 +1038,7 @@ class ConnectionPool:
         now = time.monotonic()
         idle = [
             s
-            for s in self._sessions.values()
+            for s in [*self._sessions.values(), *self._variants.values()]
             if s.connected and not s.busy and now - s.last_used > self.idle_timeout
         ]
         for session in idle:
@@ -992,9 +1052,10 @@ class ConnectionPool:
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
-            for session in list(self._sessions.values()):
+            for session in [*self._sessions.values(), *self._variants.values()]:
                 await session.discard()
         self._sessions.clear()
+        self._variants.clear()
 
 
 __all__ = ["ConnectionPool", "UpstreamConfig", "UpstreamSession", "UpstreamError"]

@@ -40,6 +40,8 @@ CLIENT_CAPABILITIES: dict[str, Any] = {
 class Caller(Protocol):
     """The downstream client a call came from, as far as its upstream may reach it."""
 
+    pushes: bool  # asked by requests pushed on its stream (2025 era), not input_required
+
     def can(self, capability: str) -> bool:
         """Did the client declare `capability` (`sampling`, `elicitation`, `roots`)?"""
 
@@ -77,6 +79,12 @@ class Forwarded:
 
 
 forwarded: ContextVar[Forwarded | None] = ContextVar("junction_forwarded", default=None)
+
+
+def pushing() -> bool:
+    """Is the current caller a 2025-era client that can be asked things on its stream?"""
+    current = caller.get()
+    return current is not None and current.pushes and interactive()
 
 
 def interactive() -> bool:
