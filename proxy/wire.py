@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcp.shared.inbound import validate_mcp_param_headers
+
 from proxy import wirejson
 
 JSONRPC = "2.0"
@@ -466,3 +468,18 @@ def modern_result(
     meta = out.get("_meta")
     out["_meta"] = {**(meta if isinstance(meta, dict) else {}), META_SERVER_INFO: dict(server_info)}
     return out
+
+
+PARAM_HEADER_PREFIX = "mcp-param-"
+
+
+def check_param_headers(
+    input_schema: Any, arguments: Mapping[str, Any], headers: Mapping[str, str]
+) -> WireError | None:
+    """A 2026-07-28 `tools/call` whose `Mcp-Param-*` headers disagree with its arguments (the
+    tool's `x-mcp-header` annotations), as -32020; the rule is the SDK's, applied where we
+    answer calls without it."""
+    rejection = validate_mcp_param_headers(input_schema, arguments, headers)
+    if rejection is None:
+        return None
+    return WireError(rejection.code, rejection.message, rejection.data)

@@ -259,6 +259,23 @@ class Catalog:
             await self.gather(namespace, principal, rpc)
         return meta_names(self._name_map(namespace).resolve)
 
+    def header_schema(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The input schema of a listed tool that carries `x-mcp-header` annotations, else None
+        (no I/O: what the last listing knows)."""
+        ref = self._lookup(namespace, name)
+        if ref is None:
+            return None
+        for record in self._directory.cached_connections(namespace):
+            if record.connection_id != ref[0]:
+                continue
+            session = self._directory.upstream_for(record)
+            if ref[1] not in session.tools.header_tools:
+                return None
+            for tool in session.cached_tools() or ():
+                if tool.name == ref[1]:
+                    return tool.input_schema
+        return None
+
     def _lookup(self, namespace: str, name: str) -> Ref | None:
         name_map = self._maps.get(namespace)
         return name_map.resolve(name) if name_map is not None else None

@@ -46,6 +46,8 @@ _MODERN_LIST_EXTRA = (
 _MAX_REMEMBERED_CLIENTS = 10_000
 RELAYED_CAPABILITIES = frozenset(RELAYED.values())
 META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
+_MODERN = frozenset(v.encode() for v in wire.MODERN_VERSIONS)
+_PARAM_PREFIX = wire.PARAM_HEADER_PREFIX.encode()
 _FAST_METHODS = (b'"tools/', b'"notifications/cancelled"')
 
 
@@ -203,6 +205,12 @@ class ToolCallFastPath:
         headers = dict(scope["headers"])
         if isinstance(message, wire.Notification):
             return await self._cancelled(scope, headers, message, send)
+        if message.method == "tools/call" and headers.get(b"mcp-protocol-version") in _MODERN:
+            problem = self._param_headers(headers, message, namespace)
+            if problem is not None:  # answered before any other path sees the call
+                data = wire.error_body(message.id, problem.code, problem.message, problem.data)
+                await self._respond(send, data, "modern", headers, status=400)
+                return True
         era = self._eligible(scope, headers, message)
         if era is None:
             return False
@@ -224,6 +232,18 @@ class ToolCallFastPath:
             headers, message, era, namespace, principal, receive, send, scope.get(RPC_KEY), shown
         )
         return True
+
+    def _param_headers(
+        self, headers: dict[bytes, bytes], message: wire.Request, namespace: str
+    ) -> wire.WireError | None:
+        """`Mcp-Param-*` headers checked against the arguments, for tools that declare them
+        (and any such header sent for one that does not)."""
+        sent = any(key.startswith(_PARAM_PREFIX) for key in headers)
+        schema = self._catalog.header_schema(namespace, message.params["name"])
+        if schema is None and not sent:
+            return None
+        text = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
+        return wire.check_param_headers(schema or {}, message.params.get("arguments") or {}, text)
 
     async def _respond(
         self,
