@@ -21,6 +21,7 @@ from proxy.gateway.budget import NO_LIMITS, Limits, fit, meta_names
 from proxy.gateway.names import NameMap, NameStyle, Ref
 from proxy.store import ConnectionRecord
 from proxy.upstream.fastlane import NotificationSink
+from proxy.upstream.toollist import uses_mcp_headers
 
 log = logging.getLogger("junction.catalog")
 ListingKey = tuple[str, NameStyle, Limits, tuple[str, ...]]
@@ -47,6 +48,8 @@ class Catalog:
         self._fanout_timeout = fanout_timeout
         self._maps: dict[str, NameMap] = {}
         self._map_signatures: dict[str, tuple[Any, ...]] = {}
+        # Input schemas of the tools that declare `x-mcp-header` arguments, per namespace.
+        self._header_schemas: dict[str, dict[Ref, dict[str, Any]]] = {}
         # (namespace, style, limits, visible connection ids) -> (signature, tools, tools as JSON)
         self._lists: dict[ListingKey, tuple[Any, list[dict[str, Any]], bytes]] = {}
         # Every change to a namespace or its connections invalidates what was derived from it.
@@ -111,6 +114,12 @@ class Catalog:
         name_map = NameMap(refs)
         self._maps[namespace] = name_map
         self._map_signatures[namespace] = signature
+        self._header_schemas[namespace] = {
+            (cid, tool.name): tool.input_schema
+            for cid, tools in lists
+            for tool in tools or ()
+            if uses_mcp_headers(tool.input_schema)
+        }
         return name_map
 
     async def tool_dicts(
@@ -261,20 +270,12 @@ class Catalog:
 
     def header_schema(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The input schema of a listed tool that carries `x-mcp-header` annotations, else None
-        (no I/O: what the last listing knows)."""
-        ref = self._lookup(namespace, name)
-        if ref is None:
+        (no I/O: what the last listing knows; most namespaces have none, and cost one lookup)."""
+        schemas = self._header_schemas.get(namespace)
+        if not schemas:
             return None
-        for record in self._directory.cached_connections(namespace):
-            if record.connection_id != ref[0]:
-                continue
-            session = self._directory.upstream_for(record)
-            if ref[1] not in session.tools.header_tools:
-                return None
-            for tool in session.cached_tools() or ():
-                if tool.name == ref[1]:
-                    return tool.input_schema
-        return None
+        ref = self._lookup(namespace, name)
+        return schemas.get(ref) if ref is not None else None
 
     def _lookup(self, namespace: str, name: str) -> Ref | None:
         name_map = self._maps.get(namespace)
@@ -299,6 +300,7 @@ class Catalog:
 
     def forget(self, namespace: str) -> None:
         self._maps.pop(namespace, None)
+        self._header_schemas.pop(namespace, None)
         self._map_signatures.pop(namespace, None)
         for key in [k for k in self._lists if k[0] == namespace]:
             del self._lists[key]
