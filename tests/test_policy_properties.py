@@ -429,7 +429,12 @@ def observe(http: httpx2.Client, token: str, tool: str) -> Answers:
 def mcp_post(http: httpx2.Client, path: str, token: str, message: dict[str, Any]) -> dict[str, Any]:
     """One stateless MCP request; the JSON-RPC answer, with the HTTP status under `status`."""
     response = http.post(path, content=json.dumps(message), headers=mcp_headers(token, message))
-    answer = response.json()
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        # The passthrough answers an initialize as its upstream does: here, as an event stream.
+        events = [line[5:] for line in response.text.splitlines() if line.startswith("data:")]
+        answer = json.loads([e for e in events if e.strip()][-1])
+    else:
+        answer = response.json()
     assert isinstance(answer, dict), response.text
     return {"status": response.status_code, **answer}
 

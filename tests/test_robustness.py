@@ -296,35 +296,51 @@ def test_results_over_the_size_cap_are_a_clear_error(
 
 
 # --- 9 and 10: honest capabilities, pagination ------------------------------------------------------
-def test_the_passthrough_advertises_only_what_it_serves(
+def test_the_passthrough_advertises_what_it_serves(
     gateway: Gateway, start_everything: Callable[..., Upstream]
 ) -> None:
+    """A client that initializes gets the upstream's own session, so everything the upstream
+    offers (subscriptions, list changes) is served; one that does not is answered statelessly and
+    is offered nothing it would need a session for."""
     everything = start_everything("streamableHttp")
     with gateway.client(timeout=30) as client:
         ns = new_namespace(client)
         put(client, ns, "ev", everything.url)
         init = client.post(
             f"/mcp/{ns}/ev",
+            headers={"accept": "application/json, text/event-stream"},
             json={**INITIALIZE, "id": 1},
-        ).json()["result"]
-        caps = init["capabilities"]
-        assert "subscribe" not in caps.get("resources", {}), caps
-        assert all("listChanged" not in value for value in caps.values() if isinstance(value, dict)), caps
-        assert not {"resultType", "ttlMs", "cacheScope"} & set(init), init
-        listed = client.post(
-            f"/mcp/{ns}/ev", json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
-        ).json()["result"]
-        assert not {"resultType", "ttlMs", "cacheScope"} & set(listed)
+        )
+        session = init.headers["mcp-session-id"]
+        caps = sse_messages(init.text)[0]["result"]["capabilities"]
+        assert caps["resources"]["subscribe"] is True, caps
+        assert "mcp-session-id" in init.headers
+        headers = {"accept": "application/json, text/event-stream", "mcp-session-id": session}
         subscribe = client.post(
             f"/mcp/{ns}/ev",
+            headers=headers,
             json={
                 "jsonrpc": "2.0",
                 "id": 3,
                 "method": "resources/subscribe",
                 "params": {"uri": "demo://resource/static/document/architecture.md"},
             },
+        )
+        body = (
+            sse_messages(subscribe.text)[-1]
+            if subscribe.text.startswith(("event", "id"))
+            else subscribe.json()
+        )
+        assert body.get("result") == {}, body
+        stateless = client.post(
+            f"/mcp/{ns}/ev", json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+        ).json()["result"]
+        assert not {"resultType", "ttlMs", "cacheScope"} & set(stateless)
+        refused = client.post(
+            f"/mcp/{ns}/ev",
+            json={"jsonrpc": "2.0", "id": 4, "method": "resources/subscribe", "params": {"uri": "demo://x"}},
         ).json()
-        assert subscribe["error"]["code"] == -32601
+        assert refused["error"]["code"] == -32601
 
 
 def test_the_passthrough_checks_2026_requests_like_the_namespace_endpoint(
@@ -450,12 +466,16 @@ def test_legacy_sessions_are_capped(start_gateway: Callable[..., Gateway], moder
         assert client.post(f"/{ns}/m/.tools/echo", json={"text": "still"}).status_code == 200
 
 
-def test_the_namespace_endpoint_advertises_only_tools(
-    gateway: Gateway, everything_upstream: Upstream
+@pytest.mark.parametrize("kind", ["everything", "tools-only"])
+def test_the_namespace_endpoint_advertises_what_its_connections_offer(
+    gateway: Gateway, everything_upstream: Upstream, modern_upstream: Upstream, kind: str
 ) -> None:
+    """Resources, prompts, completions and logging are offered only when a connection of the
+    namespace offers them; list changes and subscriptions are served by the gateway itself."""
     with gateway.client(timeout=30) as client:
         ns = new_namespace(client)
-        put(client, ns, "ev", everything_upstream.url)  # an upstream with resources, prompts, subscribe
+        upstream = everything_upstream if kind == "everything" else modern_upstream
+        put(client, ns, "ev", upstream.url)
         init = client.post(
             f"/mcp/{ns}",
             headers={"accept": "application/json, text/event-stream"},
@@ -464,7 +484,6 @@ def test_the_namespace_endpoint_advertises_only_tools(
         result = (
             sse_messages(init.text)[0]["result"] if init.text.startswith("event") else init.json()["result"]
         )
-        assert result["capabilities"] == {"tools": {"listChanged": False}}
         assert not {"resultType", "ttlMs", "cacheScope"} & set(result)
         meta = {
             "io.modelcontextprotocol/protocolVersion": MODERN,
@@ -479,7 +498,14 @@ def test_the_namespace_endpoint_advertises_only_tools(
             },
             json={"jsonrpc": "2.0", "id": 2, "method": "server/discover", "params": {"_meta": meta}},
         ).json()["result"]
-        assert discover["capabilities"] == {"tools": {"listChanged": False}}
+    for caps in (result["capabilities"], discover["capabilities"]):
+        if kind == "everything":
+            assert caps["tools"] == {"listChanged": True}, caps
+            assert caps["resources"] == {"listChanged": True, "subscribe": True}, caps
+            assert caps["prompts"] == {"listChanged": True}, caps
+            assert "completions" in caps and "logging" in caps, caps
+        else:
+            assert caps == {"tools": {"listChanged": True}}, caps
 
 
 def _open_sockets(gateway: Gateway) -> int:

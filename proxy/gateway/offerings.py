@@ -99,7 +99,9 @@ class Offerings:
 
         async with anyio.create_task_group() as tg:
             for session in sessions:
-                if not session.connected:
+                # Only a connection never tried is waited for: one that failed says so in its
+                # status, and every new client must not wait for it again.
+                if not session.connected and session.status is None:
                     tg.start_soon(connect, session)
         offered: dict[str, Any] = {"tools": {"listChanged": True}}
         extensions: dict[str, Any] = {}
