@@ -15,14 +15,15 @@ from proxy.cli._output import emit_json, table
 
 PAGE_SIZE = 50
 MAX_PAGES = 10_000  # a guard against a gateway that never returns an empty page
-TOOL_NAME_STYLES = ("safe", "dotted", "auto")
+TOOL_NAME_STYLES = ("safe", "dotted", "bare", "auto")
 
 tool_names_option = click.option(
     "--tool-names",
     type=click.Choice(TOOL_NAME_STYLES),
     help="Tool names on the namespace's MCP endpoint: safe (<connection>__<tool>, accepted by every "
-    "LLM API), dotted (<connection>.<tool>), or auto (the gateway's tool_names setting, safe unless "
-    "changed). A request's ?tool_names= overrides it.",
+    "LLM API), dotted (<connection>.<tool>), bare (the server's own names, for a namespace of one "
+    "connection), or auto (the gateway's tool_names setting, safe unless changed). A request's "
+    "?tool_names= overrides it.",
 )
 
 
