@@ -43,6 +43,7 @@ META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
 # Result fields that exist only in 2026-07-28; a 2025-era client must never see them.
 MODERN_ONLY_RESULT_FIELDS = ("resultType", "ttlMs", "cacheScope")
 # Requests whose target is named in the `Mcp-Name` header in 2026-07-28.

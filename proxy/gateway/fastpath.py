@@ -45,7 +45,6 @@ _MODERN_LIST_EXTRA = (
 )
 _MAX_REMEMBERED_CLIENTS = 10_000
 RELAYED_CAPABILITIES = frozenset(RELAYED.values())
-META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
 _MODERN = frozenset(v.encode() for v in wire.MODERN_VERSIONS)
 _PARAM_PREFIX = wire.PARAM_HEADER_PREFIX.encode()
 _FAST_METHODS = (b'"tools/', b'"notifications/cancelled"')
@@ -351,10 +350,6 @@ class ToolCallFastPath:
         watcher = asyncio.ensure_future(receive())
         watcher.add_done_callback(running.on_receive)
         meta: dict[str, Any] | None = {"progressToken": token} if token is not None else None
-        if session_id:
-            # A 2026 upstream sends log messages only to a request that asks for them: a legacy
-            # session hears them all (filtered here by the level it set), as in its own era.
-            meta = {**(meta or {}), META_LOG_LEVEL: "debug"}
         status = 200
         # A 2026 caller gets a 2026 upstream's input_required (sealed), as its own round trip.
         passing = None

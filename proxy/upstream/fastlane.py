@@ -76,6 +76,7 @@ class FastLane:
             wire.META_CAPABILITIES: {},
             wire.META_CLIENT_INFO: _CLIENT_INFO,
         }
+        self._meta_logs = {**self._meta, wire.META_LOG_LEVEL: "debug"}
         self._heads_for: int | None = None
         self._build_heads()
 
@@ -119,7 +120,10 @@ class FastLane:
             params.update(more)
         extra = b""
         if self.modern:
-            params["_meta"] = {**self._meta, **meta} if meta else self._meta
+            # A caller that hears about its call also hears its log messages, which a 2026
+            # upstream sends only when asked (the caller's side filters them by level).
+            base = self._meta if notify is None else self._meta_logs
+            params["_meta"] = {**base, **meta} if meta else base
             extra = b"mcp-name: " + wire.encode_header(name).encode() + b"\r\n"
         elif meta:
             params["_meta"] = dict(meta)

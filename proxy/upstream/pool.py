@@ -801,7 +801,7 @@ class UpstreamSession:
         if forwarded is not None:
             extra = {"inputResponses": forwarded.responses, "requestState": forwarded.state}
             extra = {k: v for k, v in extra.items() if v is not None} or None
-            if forwarded.capabilities is not None:  # it asks only for what the caller can answer
+            if forwarded.capabilities:  # it asks only for what the caller can answer
                 meta = {**(meta or {}), wire.META_CAPABILITIES: forwarded.capabilities}
         timeout = self.config.call_timeout
 
