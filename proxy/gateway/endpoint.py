@@ -303,19 +303,27 @@ def build_namespace_server(
         items = await offer.listing("resources/templates/list", namespace, principal, style, _rpc(request))
         return types.ListResourceTemplatesResult.model_validate({"resourceTemplates": items})
 
-    async def read_resource(
-        ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
-    ) -> types.ReadResourceResult:
+    async def asked(
+        ctx: ServerRequestContext[Any, Any], params: Any, target: str, route: Any, model: type[Any]
+    ) -> Any:
+        """A `resources/read` or `prompts/get`, routed to its owner with the client reachable by
+        the upstream (they may ask it things too); `input_required` for a 2026 client."""
         namespace, principal, request = _caller(ctx)
         fields = {k: v for k, v in _dump(params).items() if k not in ("inputResponses", "requestState")}
 
         async def run() -> dict[str, Any]:
-            return await routed(offer.read(namespace, principal, fields, _rpc(request)))
+            return await routed(route(namespace, principal, fields, _rpc(request)))
 
-        result = await interactive(ctx, namespace, principal, request, f"resources/read:{params.uri}", run)
+        result = await interactive(ctx, namespace, principal, request, target, run)
         if result.get("resultType") == "input_required":
-            return types.InputRequiredResult.model_validate(result)  # type: ignore[return-value]
-        return types.ReadResourceResult.model_validate(result)
+            return types.InputRequiredResult.model_validate(result)
+        return model.model_validate(result)
+
+    async def read_resource(
+        ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        target = f"resources/read:{params.uri}"
+        return await asked(ctx, params, target, offer.read, types.ReadResourceResult)  # type: ignore[no-any-return]
 
     async def subscribe(
         ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
@@ -354,16 +362,8 @@ def build_namespace_server(
     async def get_prompt(
         ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
     ) -> types.GetPromptResult:
-        namespace, principal, request = _caller(ctx)
-        fields = {k: v for k, v in _dump(params).items() if k not in ("inputResponses", "requestState")}
-
-        async def run() -> dict[str, Any]:
-            return await routed(offer.get_prompt(namespace, principal, fields, _rpc(request)))
-
-        result = await interactive(ctx, namespace, principal, request, f"prompts/get:{params.name}", run)
-        if result.get("resultType") == "input_required":
-            return types.InputRequiredResult.model_validate(result)  # type: ignore[return-value]
-        return types.GetPromptResult.model_validate(result)
+        target = f"prompts/get:{params.name}"
+        return await asked(ctx, params, target, offer.get_prompt, types.GetPromptResult)  # type: ignore[no-any-return]
 
     async def complete(
         ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams

@@ -93,33 +93,6 @@ def _dumped(model: Any) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)  # type: ignore[no-any-return]
 
 
-async def _relayed(method: str, params: dict[str, Any], result_type: type[Any]) -> Any:
-    try:
-        return result_type.model_validate(await relay.answer(method, params))
-    except MCPError as exc:
-        return exc.error
-    except ValidationError:
-        return types.ErrorData(
-            code=wire.INVALID_PARAMS, message=f"the client's answer to {method} is invalid"
-        )
-
-
-async def _relay_sampling(context: Any, params: types.CreateMessageRequestParams) -> Any:
-    return await _relayed("sampling/createMessage", _dumped(params), types.CreateMessageResult)
-
-
-async def _relay_elicitation(context: Any, params: types.ElicitRequestParams) -> Any:
-    return await _relayed("elicitation/create", _dumped(params), types.ElicitResult)
-
-
-async def _relay_roots(context: Any) -> Any:
-    return await _relayed("roots/list", {}, types.ListRootsResult)
-
-
-async def _relay_log(params: types.LoggingMessageNotificationParams) -> None:
-    await relay.tell("notifications/message", _dumped(params))
-
-
 @dataclass(frozen=True)
 class UpstreamConfig:
     """Everything needed to reach one upstream. `headers` are plaintext credentials: never log them."""
@@ -491,10 +464,10 @@ class UpstreamSession:
                     message_handler=self._on_message,
                     read_timeout_seconds=self.config.call_timeout,
                     # Declared so servers offer the tools that need them; relayed to the caller.
-                    sampling_callback=_relay_sampling,
-                    elicitation_callback=_relay_elicitation,
-                    list_roots_callback=_relay_roots,
-                    logging_callback=_relay_log,
+                    sampling_callback=relay.sampling_callback,
+                    elicitation_callback=relay.elicitation_callback,
+                    list_roots_callback=relay.roots_callback,
+                    logging_callback=relay.logging_callback,
                     log_level="debug",  # 2026-07-28: ask for log messages; callers filter them
                     # MCP Apps: the gateway relays `ui://` resources to hosts that render them.
                     extensions=[advertise(APPS_EXTENSION, {"mimeTypes": [APPS_MIME_TYPE]})],

@@ -111,3 +111,35 @@ async def tell(method: str, params: dict[str, Any]) -> bool:
         return False
     await current.notify(method, params)
     return True
+
+
+# The SDK client's callbacks (a shared upstream session's requests and log messages), relayed.
+def _dumped(model: Any) -> dict[str, Any]:
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)  # type: ignore[no-any-return]
+
+
+async def _relayed(method: str, params: dict[str, Any], result_type: type[Any]) -> Any:
+    try:
+        return result_type.model_validate(await answer(method, params))
+    except MCPError as exc:
+        return exc.error
+    except ValidationError:
+        return types.ErrorData(
+            code=wire.INVALID_PARAMS, message=f"the client's answer to {method} is invalid"
+        )
+
+
+async def sampling_callback(context: Any, params: types.CreateMessageRequestParams) -> Any:
+    return await _relayed("sampling/createMessage", _dumped(params), types.CreateMessageResult)
+
+
+async def elicitation_callback(context: Any, params: types.ElicitRequestParams) -> Any:
+    return await _relayed("elicitation/create", _dumped(params), types.ElicitResult)
+
+
+async def roots_callback(context: Any) -> Any:
+    return await _relayed("roots/list", {}, types.ListRootsResult)
+
+
+async def logging_callback(params: types.LoggingMessageNotificationParams) -> None:
+    await tell("notifications/message", _dumped(params))
