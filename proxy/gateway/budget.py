@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mcp.shared.exceptions import MCPError
 
@@ -34,8 +34,24 @@ from proxy.settings import Settings
 from proxy.store import NamespaceRecord
 from proxy.upstream.fastlane import NotificationSink
 
-if TYPE_CHECKING:
-    from proxy.gateway.catalog import Catalog
+
+class Catalog(Protocol):
+    """What the meta-tools need of the namespace's catalog (`proxy.gateway.catalog.Catalog`)."""
+
+    async def meta_names(
+        self, namespace: str, principal: Principal, rpc: dict[str, Any] | None = None
+    ) -> tuple[str, str]: ...
+
+    async def tool_dicts(
+        self,
+        namespace: str,
+        principal: Principal,
+        style: NameStyle,
+        rpc: dict[str, Any] | None = None,
+        *,
+        limits: Limits = ...,
+    ) -> list[dict[str, Any]]: ...
+
 
 SEARCH, CALL = "search_tools", "call_tool"
 # The meta-tools' names, the first pair no tool of the namespace already has under any form.
