@@ -368,3 +368,34 @@ async def test_an_mcp_app_is_shown_and_served_through_the_namespace(
             assert "mcp-app" in (html.contents[0].mime_type or "")
             bare = await client.call_tool("weather", {"city": "Oslo"})  # what the app's HTML calls
             assert "sunny in Oslo" in bare.content[0].text  # type: ignore[union-attr]
+
+
+async def test_requests_on_a_shared_stream_reach_only_the_caller_in_flight(
+    gw: Gateway, start_everything: Any
+) -> None:
+    """Over HTTP+SSE every upstream request arrives on one stream, whoever caused it. The client
+    whose call reopened the upstream session is not asked for later callers' requests: a request
+    reaches the one interactive call in flight, and nobody when two could have caused it."""
+    everything = start_everything("sse")
+    ns = namespace_with(gw, {"ev": everything.url})
+    asked: list[str] = []
+
+    def answering(name: str) -> Any:
+        async def elicitation(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+            asked.append(name)
+            return types.ElicitResult(action="accept", content={"color": f"ANSWER-{name}"})
+
+        return elicitation
+
+    with anyio.fail_after(LIMIT * 3):
+        async with client_of(gw, ns, elicitation_callback=answering("A")) as a:
+            first = await a.call_tool("ev__trigger-elicitation-request", {})
+            assert "ANSWER-A" in json.dumps(first.model_dump(mode="json"))
+            everything.restart()  # A's next call opens the upstream session again
+            again = await a.call_tool("ev__trigger-elicitation-request", {})
+            assert "ANSWER-A" in json.dumps(again.model_dump(mode="json"))
+            async with client_of(gw, ns, elicitation_callback=answering("B")) as b:
+                second = await b.call_tool("ev__trigger-elicitation-request", {})
+    text = json.dumps(second.model_dump(mode="json"))
+    assert "ANSWER-B" in text and "ANSWER-A" not in text, text
+    assert asked == ["A", "A", "B"]

@@ -20,10 +20,10 @@ from typing import Any
 from mcp.shared.exceptions import MCPError
 
 from proxy import __version__, wire
-from proxy.upstream import relay
 from proxy.upstream._http1 import Http1Pool
 from proxy.upstream._http1 import Response as HttpResponse
 from proxy.upstream.credentials import Challenge, Credentials
+from proxy.upstream.relay import SessionRelay
 
 _ids = itertools.count(1)
 _background: set[asyncio.Task[None]] = set()
@@ -63,6 +63,7 @@ class FastLane:
         session_id: str | None,
         credentials: Credentials,
         max_result_bytes: int,
+        relay: SessionRelay,
     ):
         self.http = http
         self.protocol_version = protocol_version
@@ -70,6 +71,7 @@ class FastLane:
         self.session_id = session_id
         self.credentials = credentials
         self.max_result_bytes = max_result_bytes
+        self.relay = relay
         self._meta = {
             wire.META_VERSION: protocol_version,
             # Calls that can be asked things take the SDK path: a fast-lane caller declares none.
@@ -251,17 +253,19 @@ class FastLane:
             return message.result
         if isinstance(message, wire.Request):
             await self._reply(message, deadline)
-        elif message.method == "notifications/message" and await relay.tell(message.method, message.params):
+        elif message.method == "notifications/message" and await self.relay.tell(
+            message.method, message.params
+        ):
             pass  # told the caller the SDK path serves
         elif notify is not None:
-            await notify(message)
+            await notify(wire.Notification(message.method, self.relay.redact(message.params)))
         return None
 
     async def _reply(self, request: wire.Request, deadline: float) -> None:
         """Answer a server-to-client request (sampling, elicitation, roots) made during the call
         with what its caller answers, or the caller's inability to."""
         try:
-            reply = wire.result_body(request.id, await relay.answer(request.method, request.params))
+            reply = wire.result_body(request.id, await self.relay.answer(request.method, request.params))
         except MCPError as exc:
             reply = wire.error_body(request.id, exc.error.code, exc.error.message, exc.error.data)
         # Outside the connection cap: the call it answers already holds a slot.

@@ -14,7 +14,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -89,6 +89,16 @@ _ANNOUNCED = (
 )
 
 
+@contextlib.contextmanager
+def _no_caller() -> Iterator[None]:
+    caller, passing = relay.caller.set(None), relay.forwarded.set(None)
+    try:
+        yield
+    finally:
+        relay.forwarded.reset(passing)
+        relay.caller.reset(caller)
+
+
 def _dumped(model: Any) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)  # type: ignore[no-any-return]
 
@@ -148,6 +158,9 @@ class UpstreamSession:
         self._transport_hint: str | None = None
         self._closed = False  # removed from the pool: never reconnect
         self._legacy_refused = False  # the upstream refused a 2025-era session (2026-only)
+        self.relay = relay.SessionRelay(
+            lambda value: self.redactor.redact_json(value), lambda: self._inflight
+        )
         self._watching = False
         self._inflight = 0
         self._idle_event: anyio.Event | None = None
@@ -401,7 +414,9 @@ class UpstreamSession:
         errors: list[BaseException] = []
         for kind in self._transports():
             try:
-                live = await self._pool.task_group.start(self._run, kind)
+                # The transport's tasks belong to no caller (they would inherit this one's).
+                with _no_caller():
+                    live = await self._pool.task_group.start(self._run, kind)
             except Exception as exc:  # try the next transport, report the first failure
                 errors.append(exc)
                 found = leaves(exc)
@@ -464,10 +479,10 @@ class UpstreamSession:
                     message_handler=self._on_message,
                     read_timeout_seconds=self.config.call_timeout,
                     # Declared so servers offer the tools that need them; relayed to the caller.
-                    sampling_callback=relay.sampling_callback,
-                    elicitation_callback=relay.elicitation_callback,
-                    list_roots_callback=relay.roots_callback,
-                    logging_callback=relay.logging_callback,
+                    sampling_callback=self.relay.sampling_callback,
+                    elicitation_callback=self.relay.elicitation_callback,
+                    list_roots_callback=self.relay.roots_callback,
+                    logging_callback=self.relay.logging_callback,
                     log_level="debug",  # 2026-07-28: ask for log messages; callers filter them
                     # MCP Apps: the gateway relays `ui://` resources to hosts that render them.
                     extensions=[advertise(APPS_EXTENSION, {"mimeTypes": [APPS_MIME_TYPE]})],
@@ -496,6 +511,7 @@ class UpstreamSession:
                         session_id,
                         self.credentials,
                         self._pool.max_result_bytes,
+                        self.relay,
                     )
                 started = True
                 task_status.started(live)
@@ -799,19 +815,20 @@ class UpstreamSession:
                     await notify(wire.Notification("notifications/progress", params))
 
             async with asyncio.timeout(timeout):
-                if forwarded is not None:  # a 2026 caller answers the questions itself
-                    result = await client.session.call_tool(
-                        name,
-                        arguments,
-                        progress_callback=progress,
-                        input_responses=forwarded.input_responses(),
-                        request_state=forwarded.state,
-                        meta=cast(Any, meta),
-                        allow_input_required=True,
-                        allow_claimed=False,
-                    )
-                else:  # questions go to the caller through the callbacks (relay)
-                    result = await client.call_tool(name, arguments, progress_callback=progress)
+                with self.relay.calling():
+                    if forwarded is not None:  # a 2026 caller answers the questions itself
+                        result = await client.session.call_tool(
+                            name,
+                            arguments,
+                            progress_callback=progress,
+                            input_responses=forwarded.input_responses(),
+                            request_state=forwarded.state,
+                            meta=cast(Any, meta),
+                            allow_input_required=True,
+                            allow_claimed=False,
+                        )
+                    else:  # questions go to the caller through the callbacks (relay)
+                        result = await client.call_tool(name, arguments, progress_callback=progress)
             dumped: dict[str, Any] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
             return dumped
 
@@ -890,7 +907,8 @@ class UpstreamSession:
 
         if not isinstance(params.get("name" if prompt else "uri"), str):
             raise MCPError(wire.INVALID_PARAMS, f"invalid params for {method}")
-        result = await self._with_retry(send, self.config.call_timeout, method)
+        with self.relay.calling():
+            result = await self._with_retry(send, self.config.call_timeout, method)
         return _dumped(result)
 
     @property

@@ -6,13 +6,15 @@ is answered by the downstream client whose call caused it: the surface serving t
 callbacks and the fast lane) ask `answer()`. Context variables follow the call into the SDK's
 message handling, so three concurrent callers each get their own requests and nobody else's.
 
-The gateway declares upstream every client capability it can relay (`CLIENT_CAPABILITIES`),
+The gateway declares upstream every client capability it can relay (the SDK client's callbacks),
 because servers hide tools that need one the client lacks; a request reaching a caller that
 cannot answer it gets a JSON-RPC error, as if that caller had been asked directly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,12 +30,6 @@ RELAYED = {
     "sampling/createMessage": "sampling",
     "elicitation/create": "elicitation",
     "roots/list": "roots",
-}
-# What the gateway's upstream sessions declare (2025 handshake and 2026 request `_meta`).
-CLIENT_CAPABILITIES: dict[str, Any] = {
-    "sampling": {},
-    "elicitation": {"form": {}, "url": {}},
-    "roots": {"listChanged": True},
 }
 
 
@@ -93,53 +89,87 @@ def interactive() -> bool:
     return current is not None and any(current.can(c) for c in set(RELAYED.values()))
 
 
-async def answer(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The current caller's answer to an upstream's request; MCPError when nobody can answer."""
-    capability = RELAYED.get(method)
-    if capability is None:
-        raise MCPError(wire.METHOD_NOT_FOUND, f"{method} is not supported by the gateway")
-    current = caller.get()
-    if current is None or not current.can(capability):
-        raise MCPError(wire.METHOD_NOT_FOUND, f"the client did not declare the {capability} capability")
-    return await current.ask(method, params)
+class SessionRelay:
+    """What one upstream session asks and tells its callers, cleaned of its credentials.
+
+    A request or log message that arrives on the stream of the call that caused it carries that
+    call's context (`caller`). One that arrives elsewhere (an HTTP+SSE or stdio transport, the
+    standalone GET stream) cannot be told apart, so it reaches a caller only when exactly one
+    call is in flight on the session and that call's client can be asked: never a guess between
+    two callers. The session's transport tasks must start with no caller in their context.
+    """
+
+    def __init__(self, redact: Callable[[Any], Any], in_flight: Callable[[], int]):
+        self._redact = redact
+        self._in_flight = in_flight
+        self._callers: list[Caller] = []  # clients that can be asked, with a call in flight
+
+    @contextmanager
+    def calling(self) -> Iterator[None]:
+        """Mark the current caller as having a call in flight on this session."""
+        current = caller.get()
+        if current is None:
+            yield
+            return
+        self._callers.append(current)
+        try:
+            yield
+        finally:
+            self._callers.remove(current)
+
+    def redact(self, value: Any) -> Any:
+        """`value` cleaned of the credentials this session sends."""
+        return self._redact(value)
+
+    def _current(self) -> Caller | None:
+        current = caller.get()
+        if current is not None:
+            return current
+        if len(self._callers) == 1 and self._in_flight() == 1:
+            return self._callers[0]
+        return None
+
+    async def answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The caller's answer to an upstream's request; MCPError when nobody can answer."""
+        capability = RELAYED.get(method)
+        if capability is None:
+            raise MCPError(wire.METHOD_NOT_FOUND, f"{method} is not supported by the gateway")
+        current = self._current()
+        if current is None or not current.can(capability):
+            raise MCPError(wire.METHOD_NOT_FOUND, f"the client did not declare the {capability} capability")
+        return await current.ask(method, self._redact(params))
+
+    async def tell(self, method: str, params: dict[str, Any]) -> bool:
+        """Pass a notification about a call to its caller; False when there is none."""
+        current = self._current()
+        if current is None:
+            return False
+        await current.notify(method, self._redact(params))
+        return True
+
+    async def _relayed(self, method: str, params: dict[str, Any], result_type: type[Any]) -> Any:
+        try:
+            return result_type.model_validate(await self.answer(method, params))
+        except MCPError as exc:
+            return exc.error
+        except ValidationError:
+            return types.ErrorData(
+                code=wire.INVALID_PARAMS, message=f"the client's answer to {method} is invalid"
+            )
+
+    # the SDK client's callbacks
+    async def sampling_callback(self, context: Any, params: types.CreateMessageRequestParams) -> Any:
+        return await self._relayed("sampling/createMessage", _dumped(params), types.CreateMessageResult)
+
+    async def elicitation_callback(self, context: Any, params: types.ElicitRequestParams) -> Any:
+        return await self._relayed("elicitation/create", _dumped(params), types.ElicitResult)
+
+    async def roots_callback(self, context: Any) -> Any:
+        return await self._relayed("roots/list", {}, types.ListRootsResult)
+
+    async def logging_callback(self, params: types.LoggingMessageNotificationParams) -> None:
+        await self.tell("notifications/message", _dumped(params))
 
 
-async def tell(method: str, params: dict[str, Any]) -> bool:
-    """Pass a notification about the current call to its caller; False when there is none."""
-    current = caller.get()
-    if current is None:
-        return False
-    await current.notify(method, params)
-    return True
-
-
-# The SDK client's callbacks (a shared upstream session's requests and log messages), relayed.
 def _dumped(model: Any) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)  # type: ignore[no-any-return]
-
-
-async def _relayed(method: str, params: dict[str, Any], result_type: type[Any]) -> Any:
-    try:
-        return result_type.model_validate(await answer(method, params))
-    except MCPError as exc:
-        return exc.error
-    except ValidationError:
-        return types.ErrorData(
-            code=wire.INVALID_PARAMS, message=f"the client's answer to {method} is invalid"
-        )
-
-
-async def sampling_callback(context: Any, params: types.CreateMessageRequestParams) -> Any:
-    return await _relayed("sampling/createMessage", _dumped(params), types.CreateMessageResult)
-
-
-async def elicitation_callback(context: Any, params: types.ElicitRequestParams) -> Any:
-    return await _relayed("elicitation/create", _dumped(params), types.ElicitResult)
-
-
-async def roots_callback(context: Any) -> Any:
-    return await _relayed("roots/list", {}, types.ListRootsResult)
-
-
-async def logging_callback(params: types.LoggingMessageNotificationParams) -> None:
-    await tell("notifications/message", _dumped(params))
