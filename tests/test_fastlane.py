@@ -21,6 +21,7 @@ from starlette.routing import Route
 from proxy.upstream._http1 import Http1Pool
 from proxy.upstream.credentials import Challenge, CredentialsAuth, StaticCredentials
 from proxy.upstream.fastlane import FastLane, Unauthorized
+from proxy.upstream.relay import SessionRelay
 
 pytestmark = pytest.mark.anyio
 
@@ -103,7 +104,7 @@ async def served(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, Ups
 
 def lane(url: str, credentials: Any, max_connections: int = 100) -> FastLane:
     http = Http1Pool(url, {}, 5.0, None, allow_private=True, max_connections=max_connections)
-    return FastLane(http, "2026-07-28", None, credentials, 1_000_000)
+    return FastLane(http, "2026-07-28", None, credentials, 1_000_000, SessionRelay(lambda v: v, lambda: 1))
 
 
 def deadline() -> float:
