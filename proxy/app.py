@@ -24,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from proxy import __version__, wirejson
+from proxy._sdk import live_sessions
 from proxy.api import connections, keys, namespaces, tokens, tools
 from proxy.api._http import (
     error_response,
@@ -370,8 +371,16 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             pool.on_upstream_event(announced)
             held = HeldCalls(tg, vault)
             levels = LogLevels()  # logging/setLevel of each legacy session, for both paths
-            server = build_namespace_server(directory, catalog, settings, offerings, events, held, levels)
+            sessions: list[Any] = []  # the session manager, once built (it needs the server)
+
+            def session_alive(session_id: str) -> bool:
+                return bool(sessions) and session_id in live_sessions(sessions[0])
+
+            server = build_namespace_server(
+                directory, catalog, settings, offerings, events, held, levels, session_alive
+            )
             manager = build_session_manager(server, settings)
+            sessions.append(manager)
             authentication = Authentication(service_tokens, api_keys)
             oauth_server = AuthorizationServer(settings, store, vault, service_tokens, authentication)
             await oauth_server.prune()

@@ -399,3 +399,63 @@ async def test_requests_on_a_shared_stream_reach_only_the_caller_in_flight(
     text = json.dumps(second.model_dump(mode="json"))
     assert "ANSWER-B" in text and "ANSWER-A" not in text, text
     assert asked == ["A", "A", "B"]
+
+
+def _token(gateway: Gateway, policy: list[dict[str, Any]]) -> str:
+    with gateway.client() as client:
+        minted = client.post("/tokens", json={"policy": policy})
+        assert minted.status_code == 200, minted.text
+        return str(minted.json()["token"])
+
+
+@asynccontextmanager
+async def client_with(gateway: Gateway, ns: str, token: str) -> AsyncIterator[Client]:
+    http = httpx2.AsyncClient(
+        headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(LIMIT, read=60)
+    )
+    async with (
+        http,
+        Client(streamable_http_client(gateway.mcp_url(ns), http_client=http), mode="legacy") as c,
+    ):
+        yield c
+
+
+async def test_a_scoped_token_sees_and_uses_only_its_connections_resources_and_prompts(
+    gw: Gateway, everything_upstream: Upstream
+) -> None:
+    """A token scoped to `metadata.team = a` lists, reads and gets only team a's resources and
+    prompts; team b's exposed URIs and prompt names are "not found" for it. A token that may only
+    list team b (execute only on team a) may not read team b's resource by its bare URI either."""
+    ns = f"np{next(_namespaces)}"
+    with gw.client() as client:
+        assert client.put(f"/namespaces/{ns}").status_code in (200, 201)
+        for cid, team in (("mine", "a"), ("theirs", "b")):
+            body = {"mcpUrl": everything_upstream.url, "metadata": {"team": team}}
+            assert client.put(f"/{ns}/{cid}", json=body).status_code in (200, 201)
+    scoped = _token(gw, [{"namespaces": ns, "metadata": {"team": "a"}}])
+    with anyio.fail_after(LIMIT * 2):
+        async with client_with(gw, ns, scoped) as client:
+            uris_seen = {r.uri for r in (await client.list_resources()).resources}
+            assert uris_seen and all("://mine." in u for u in uris_seen), uris_seen
+            prompts = {p.name for p in (await client.list_prompts()).prompts}
+            assert prompts and all(p.startswith("mine__") for p in prompts), prompts
+            theirs = next(iter(uris_seen)).replace("://mine.", "://theirs.")
+            with pytest.raises(Exception, match="not found"):
+                await client.read_resource(theirs)
+            with pytest.raises(Exception, match="not found"):
+                await client.get_prompt("theirs__simple-prompt")
+            assert (await client.read_resource(next(iter(uris_seen)))).contents
+    split = _token(
+        gw,
+        [
+            {"namespaces": ns, "operations": ["execute"], "metadata": {"team": "a"}},
+            {"namespaces": ns, "operations": ["read"], "metadata": {"team": "b"}},
+        ],
+    )
+    with gw.client() as client:
+        assert client.delete(f"/{ns}/mine").status_code in (200, 204)
+    with anyio.fail_after(LIMIT * 2):
+        async with client_with(gw, ns, split) as client:
+            bare = "demo://resource/static/document/architecture.md"
+            with pytest.raises(Exception, match="not found|does not allow"):
+                await client.read_resource(bare)

@@ -186,6 +186,8 @@ class Catalog:
         for item in gathered:
             for tool in item.tools or ():
                 ref = (item.record.connection_id, tool.name)
+                if ref not in name_map.safe:
+                    continue  # listed before the namespace's map knew it: in the next listing
                 data = tool.model_dump(mode="json", by_alias=True, exclude_none=True)
                 data["name"] = name_map.exposed(ref, style, limits.max_length)
                 if "_meta" in data and not (style == "bare" and len(gathered) == 1):

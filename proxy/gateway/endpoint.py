@@ -7,6 +7,7 @@ stateless 2026-07-28 path). Handlers only translate between MCP and the catalog.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -44,6 +45,8 @@ from proxy.upstream.fastlane import NotificationSink
 log = logging.getLogger("junction.gateway")
 
 NAMESPACE_KEY = "junction.namespace"
+MAX_LEGACY_FEEDS = 10_000  # legacy sessions with a change feed, over all namespaces
+MAX_LISTENED_RESOURCES = 100  # resource URIs one subscriptions/listen stream may name
 PRINCIPAL_KEY = "junction.principal"
 RPC_KEY = "junction.rpc"  # the JSON-RPC request as sent, for a service token's rpcReqMatch
 
@@ -124,6 +127,7 @@ def build_namespace_server(
     events: NamespaceEvents | None = None,
     held: HeldCalls | None = None,
     levels: LogLevels | None = None,
+    session_alive: Callable[[str], bool] | None = None,
 ) -> Server[Any]:
     """The MCP server behind every `/mcp/{ns}` (the namespace comes from the request)."""
     offer = offerings or Offerings(directory, catalog, settings.fanout_timeout)
@@ -182,15 +186,16 @@ def build_namespace_server(
     ) -> Sink:
         rpc = _rpc(request)
 
-        def may_see(connection_id: str) -> bool:
-            if principal.admin:
-                return True
+        def may_see(connection_id: str) -> bool | None:
             for record in directory.cached_connections(namespace):
                 if record.connection_id == connection_id:
+                    if principal.admin:
+                        return True
                     return allows(principal, LIST, "connections", namespace, record.metadata or {}, rpc)
-            return True  # gone: that it changed is all anyone learns
+            return None  # gone (or not loaded): that lists changed is all anyone learns
 
-        return Sink(namespace=namespace, may_see=may_see, deliver=deliver)
+        owner = f"{principal.kind}:{principal.id}"
+        return Sink(namespace=namespace, may_see=may_see, deliver=deliver, owner=owner)
 
     def legacy_sink(ctx: ServerRequestContext[Any, Any]) -> Sink | None:
         """The change feed of a legacy session, on its standalone stream (made once per session)."""
@@ -208,11 +213,14 @@ def build_namespace_server(
                 await session.send_notification(_notification(event))
 
             current = sink(ctx, namespace, principal, request, deliver)
-            remove = events.add(current)
-            if len(legacy_sinks) >= 10_000:
-                legacy_sinks.pop(next(iter(legacy_sinks)))
+            if session_alive is not None:
+                current.alive = lambda: session_alive(session_id)
+            if len(legacy_sinks) >= MAX_LEGACY_FEEDS and session_alive is not None:
+                for gone in [sid for sid in legacy_sinks if not session_alive(sid)]:
+                    del legacy_sinks[gone]
+            if len(legacy_sinks) >= MAX_LEGACY_FEEDS or events.add(current) is None:
+                return None  # no change feed for this session; its requests still work
             legacy_sinks[session_id] = current
-            del remove
         return current
 
     # tools
@@ -393,13 +401,17 @@ def build_namespace_server(
         if events is None or ctx.request_id is None:
             raise MCPError(wire.INVALID_REQUEST, "subscriptions/listen needs a request id")
         wanted = params.notifications
+        # Only resources of connections the caller may use can be listened to.
+        allowed = [
+            uri
+            for uri in (wanted.resource_subscriptions or ())[:MAX_LISTENED_RESOURCES]
+            if await offer.owns(namespace, principal, uri, _rpc(request))
+        ]
         honored = types.SubscriptionFilter(
             tools_list_changed=True if wanted.tools_list_changed else None,
             prompts_list_changed=True if wanted.prompts_list_changed else None,
             resources_list_changed=True if wanted.resources_list_changed else None,
-            resource_subscriptions=list(wanted.resource_subscriptions)
-            if wanted.resource_subscriptions
-            else None,
+            resource_subscriptions=allowed or None,
         )
         honored_uris = frozenset(honored.resource_subscriptions or ())
         meta: dict[str, Any] = {SUBSCRIPTION_ID_META_KEY: ctx.request_id}
@@ -412,6 +424,8 @@ def build_namespace_server(
         feed = sink(ctx, namespace, principal, request, deliver)
         feed.resources.update(honored_uris)
         remove = events.add(feed)
+        if remove is None:
+            raise MCPError(wire.INTERNAL_ERROR, "too many change feeds are open; close one and listen again")
         try:
             await ctx.session.send_notification(
                 types.SubscriptionsAcknowledgedNotification(

@@ -28,8 +28,9 @@ from proxy.gateway import uris
 
 log = logging.getLogger("junction.events")
 
-# Per namespace; beyond it the oldest sink is dropped (its client re-lists on reconnect).
+# Change feeds per namespace, and per owner in a namespace; beyond them a new one is refused.
 MAX_SINKS = 10_000
+MAX_SINKS_PER_OWNER = 1_000
 _BY_METHOD: dict[str, ServerEvent] = {
     "notifications/tools/list_changed": ToolsListChanged(),
     "notifications/prompts/list_changed": PromptsListChanged(),
@@ -43,8 +44,10 @@ class Sink:
     """One downstream client listening to a namespace."""
 
     namespace: str
-    may_see: Callable[[str], bool]  # connection id -> visible to this client
+    may_see: Callable[[str], bool | None]  # connection id -> visible to this client (None: gone)
     deliver: Callable[[ServerEvent], Awaitable[None]]
+    owner: str = ""  # who opened it (a principal): each owner has its own share of sinks
+    alive: Callable[[], bool] = lambda: True  # False once its client is gone (a legacy session)
     resources: set[str] = field(default_factory=set)  # exposed URIs it subscribed to
     _pending: set[ServerEvent] = field(default_factory=set)
 
@@ -56,11 +59,14 @@ class NamespaceEvents:
         self._tg = task_group
         self._sinks: dict[str, list[Sink]] = {}
 
-    def add(self, sink: Sink) -> Callable[[], None]:
-        """Start delivering to `sink`; returns the function that stops it."""
+    def add(self, sink: Sink) -> Callable[[], None] | None:
+        """Start delivering to `sink`; returns the function that stops it, or None when the
+        namespace, or the sink's owner, has as many as it may (nobody else's is dropped)."""
         sinks = self._sinks.setdefault(sink.namespace, [])
-        if len(sinks) >= MAX_SINKS:
-            sinks.pop(0)
+        if len(sinks) >= MAX_SINKS or sum(s.owner == sink.owner for s in sinks) >= MAX_SINKS_PER_OWNER:
+            sinks[:] = [s for s in sinks if s.alive()]  # forget clients that are gone
+            if len(sinks) >= MAX_SINKS or sum(s.owner == sink.owner for s in sinks) >= MAX_SINKS_PER_OWNER:
+                return None
         sinks.append(sink)
 
         def remove() -> None:
@@ -94,8 +100,7 @@ class NamespaceEvents:
         for sink in list(self._sinks.get(namespace, ())):
             if isinstance(event, ResourceUpdated) and event.uri not in sink.resources:
                 continue
-            # A removed connection is nobody's to see any more: its going is news to all.
-            if connection_id is not None and not _visible(sink, connection_id):
+            if connection_id is not None and not _visible(sink, connection_id, event):
                 continue
             if event in sink._pending:
                 continue  # the same news is already on its way
@@ -114,8 +119,13 @@ class NamespaceEvents:
                 current.remove(sink)
 
 
-def _visible(sink: Sink, connection_id: str) -> bool:
+def _visible(sink: Sink, connection_id: str, event: ServerEvent) -> bool:
+    """May the sink hear this about the connection? A connection no longer known (just removed)
+    is nobody's: that lists changed is news to all, anything about its resources to none."""
     try:
-        return sink.may_see(connection_id)
-    except Exception:  # noqa: BLE001 - an unknown connection (just removed): a list change
-        return True
+        seen = sink.may_see(connection_id)
+    except Exception:  # noqa: BLE001 - fail closed
+        return False
+    if seen is None:
+        return not isinstance(event, ResourceUpdated)
+    return seen

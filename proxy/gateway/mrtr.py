@@ -32,6 +32,7 @@ from proxy.vault import Vault, VaultError
 
 HOLD_SECONDS = 300.0  # how long a question waits for its answer
 MAX_HELD = 1000  # held calls at once; beyond it new questions fail instead of piling up
+MAX_HELD_PER_CALLER = 20  # so one caller cannot take every place
 _STATE_FIELD = "mrtr"
 
 
@@ -51,6 +52,7 @@ class _Held:
 
     id: str
     capabilities: dict[str, Any]
+    owner: str = ""
     changed: anyio.Event = field(default_factory=anyio.Event)
     waiting: dict[str, _Question] = field(default_factory=dict)
     asked: list[_Question] = field(default_factory=list)  # not yet handed to the client
@@ -84,7 +86,12 @@ class _HeldCaller:
         held.waiting[question.key] = question
         held.asked.append(question)
         held.wake()
-        await question.answer.wait()
+        try:
+            with anyio.fail_after(HOLD_SECONDS):
+                await question.answer.wait()
+        except TimeoutError:
+            held.waiting.pop(question.key, None)
+            raise MCPError(wire.INTERNAL_ERROR, f"the client did not answer {method} in time") from None
         if question.error is not None:
             raise question.error
         assert question.result is not None
@@ -116,7 +123,8 @@ class HeldCalls:
         state = params.get("requestState")
         if state is None:
             answers = params.get("inputResponses")
-            held = self._start(capabilities, start, answers if isinstance(answers, dict) else None)
+            owner = f"{principal.kind}:{principal.id}"
+            held = self._start(capabilities, start, answers if isinstance(answers, dict) else None, owner)
             return await self._next(namespace, principal, target, held)
         opened = self._open(namespace, principal, target, state)
         if "up" in opened:
@@ -174,11 +182,13 @@ class HeldCalls:
         capabilities: dict[str, Any],
         start: Callable[[], Awaitable[dict[str, Any]]],
         answers: dict[str, Any] | None = None,
+        owner: str = "",
     ) -> _Held:
         self._expire()
-        if len(self._held) >= MAX_HELD:
+        mine = sum(h.owner == owner for h in self._held.values())
+        if len(self._held) >= MAX_HELD or mine >= MAX_HELD_PER_CALLER:
             raise MCPError(wire.INTERNAL_ERROR, "too many calls are waiting for their clients; retry later")
-        held = _Held(id=secrets.token_urlsafe(18), capabilities=capabilities)
+        held = _Held(id=secrets.token_urlsafe(18), capabilities=capabilities, owner=owner)
         held.expires = time.monotonic() + HOLD_SECONDS
         self._held[held.id] = held
 
@@ -213,9 +223,10 @@ class HeldCalls:
             answer = answers[key]
             if isinstance(answer, dict) and "error" in answer and isinstance(answer["error"], dict):
                 error = answer["error"]
-                question.error = MCPError(
-                    int(error.get("code", wire.INTERNAL_ERROR)), str(error.get("message", ""))
-                )
+                code = error.get("code")
+                if not isinstance(code, int) or isinstance(code, bool):
+                    code = wire.INTERNAL_ERROR
+                question.error = MCPError(code, str(error.get("message", ""))[:1000])
             elif isinstance(answer, dict):
                 question.result = answer
             else:
@@ -244,8 +255,10 @@ class HeldCalls:
         }
 
     def _expire(self) -> None:
+        """Forget calls whose client stopped answering (or never came back for the result); a
+        call still working is left to finish."""
         now = time.monotonic()
-        for held in [h for h in self._held.values() if h.expires < now]:
+        for held in [h for h in self._held.values() if h.expires < now and (h.done or h.waiting)]:
             self._held.pop(held.id, None)
             held.scope.cancel()
 

@@ -236,7 +236,10 @@ class Offerings:
                 pass
         records = await self._catalog.visible(namespace, principal, rpc)
         if len(records) == 1:
-            return self._directory.upstream_for(records[0]), uri
+            try:  # the caller must be allowed to use it, not only to see it
+                return await self._owner(namespace, principal, records[0].connection_id, rpc), uri
+            except NotFound:
+                pass
         raise MCPError(
             wire.INVALID_PARAMS, f"resource {uri!r} not found in namespace {namespace!r}", {"uri": uri}
         )
@@ -255,6 +258,14 @@ class Offerings:
             if isinstance(content, dict) and isinstance(content.get("uri"), str):
                 content["uri"] = uris.expose(connection_id, content["uri"])
         return result
+
+    async def owns(self, namespace: str, principal: Principal, uri: str, rpc: dict[str, Any] | None) -> bool:
+        """Does `uri` name a resource of a connection the caller may use?"""
+        try:
+            await self._resource_owner(namespace, principal, uri, rpc)
+        except (MCPError, JunctionError):
+            return False
+        return True
 
     async def subscription(
         self,
