@@ -270,14 +270,24 @@ class Catalog:
             await self.gather(namespace, principal, rpc)
         return meta_names(self._name_map(namespace).resolve)
 
-    def header_schema(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def header_schema(
+        self, namespace: str, name: str, principal: Principal, rpc: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         """The input schema of a listed tool that carries `x-mcp-header` annotations, else None
         (no I/O: what the last listing knows; most namespaces have none, and cost one lookup)."""
         schemas = self._header_schemas.get(namespace)
         if not schemas:
             return None
         ref = self._lookup(namespace, name)
-        return schemas.get(ref) if ref is not None else None
+        schema = schemas.get(ref) if ref is not None else None
+        if schema is None or principal.admin or ref is None:
+            return schema
+        # A tool of a connection the caller may not use is as unknown to it as any other.
+        for record in self._directory.cached_connections(namespace):
+            if record.connection_id == ref[0]:
+                allowed = allows(principal, CALL, "connections", namespace, record.metadata or {}, rpc)
+                return schema if allowed else None
+        return None
 
     def _lookup(self, namespace: str, name: str) -> Ref | None:
         name_map = self._maps.get(namespace)

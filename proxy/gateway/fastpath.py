@@ -205,7 +205,7 @@ class ToolCallFastPath:
         if isinstance(message, wire.Notification):
             return await self._cancelled(scope, headers, message, send)
         if message.method == "tools/call" and headers.get(b"mcp-protocol-version") in _MODERN:
-            problem = self._param_headers(headers, message, namespace)
+            problem = self._param_headers(headers, message, namespace, principal, scope.get(RPC_KEY))
             if problem is not None:  # answered before any other path sees the call
                 data = wire.error_body(message.id, problem.code, problem.message, problem.data)
                 await self._respond(send, data, "modern", headers, status=400)
@@ -233,12 +233,17 @@ class ToolCallFastPath:
         return True
 
     def _param_headers(
-        self, headers: dict[bytes, bytes], message: wire.Request, namespace: str
+        self,
+        headers: dict[bytes, bytes],
+        message: wire.Request,
+        namespace: str,
+        principal: Principal,
+        rpc: dict[str, Any] | None,
     ) -> wire.WireError | None:
         """`Mcp-Param-*` headers checked against the arguments, for tools that declare them
         (and any such header sent for one that does not)."""
         sent = any(key.startswith(_PARAM_PREFIX) for key in headers)
-        schema = self._catalog.header_schema(namespace, message.params["name"])
+        schema = self._catalog.header_schema(namespace, message.params["name"], principal, rpc)
         if schema is None and not sent:
             return None
         text = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
